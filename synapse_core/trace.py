@@ -222,3 +222,18 @@ def _fidelity(handle: ModelHandle, input_ids: torch.Tensor, decoded: Decoded, ma
         logits = handle.model(input_ids=full[None]).logits[0, input_ids.shape[1] - 1:].float().cpu()
     agree = (logits.argmax(-1) == torch.tensor(decoded.ids)).float().mean()
     return Fidelity(token_agreement=float(agree), max_logit_diff=float((logits - decoded.step_logits).abs().max()))
+
+
+def trace_config(handle: ModelHandle, prompt: str, max_new_tokens: int, masks, sampling: Sampling,
+                 capture_attention: bool) -> dict:
+    """What a trace depends on: the key of its stored result."""
+    return {
+        "model": handle.name,
+        "fingerprint": handle.fingerprint,
+        "dtype": str(handle.dtype),
+        "prompt": prompt,
+        "max_new_tokens": max_new_tokens,
+        "masks": [asdict(m) for m in normalize_masks(masks, handle.arch)],
+        "sampling": asdict(sampling),
+        "capture_attention": capture_attention,
+    }
