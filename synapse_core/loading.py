@@ -144,7 +144,7 @@ def _from_pretrained(source, dtype, **kwargs):
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, str, str]:
     fingerprint = file_fingerprint([path])
-    cache = settings.subdir("models") / f"{fingerprint}-v{_CACHE_FORMAT}"
+    cache = settings.model_cache_dir() / f"{fingerprint}-v{_CACHE_FORMAT}"
     if (cache / "model.safetensors").exists():
         model, tokenizer = _from_pretrained(str(cache), dtype, use_safetensors=True)
         return model, tokenizer, fingerprint, "safetensors cache"

@@ -2,6 +2,7 @@
 
 SYNAPSE_HOME     data directory (default ~/.synapse): model caches, results, masks.
 SYNAPSE_MODEL    model spec used when none is given (default "bundled").
+SYNAPSE_MODEL_CACHE  where converted model weights are kept (default $SYNAPSE_HOME/models).
 SYNAPSE_DEVICE   "auto" (cuda, then mps, then cpu), or a torch device string.
 SYNAPSE_DTYPE    "auto" (bfloat16 on cuda, float32 elsewhere), "float32", "bfloat16", "float16".
 """
@@ -34,3 +35,11 @@ def default_device() -> str:
 
 def default_dtype() -> str:
     return os.environ.get("SYNAPSE_DTYPE", "auto")
+
+
+def model_cache_dir() -> Path:
+    """Converted weights; may live outside SYNAPSE_HOME so tests can share one conversion."""
+    env = os.environ.get("SYNAPSE_MODEL_CACHE")
+    path = Path(env).expanduser() if env else home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
