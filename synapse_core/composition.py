@@ -17,18 +17,30 @@ def _weights(arch: Architecture, layer: int) -> dict[str, torch.Tensor]:
 
 
 def _frob2(u_gram: torch.Tensor, m: torch.Tensor, v_gram: torch.Tensor) -> torch.Tensor:
-    # ||U M V||_F^2 with u_gram = U^T U, v_gram = V V^T; batched over leading dims
-    return torch.einsum("...ij,...ik,...kl,...lj->...", m, u_gram, m, v_gram)
+    # ||U M V||_F^2 = tr(M^T G_U M G_V) = sum((G_U M) * (M G_V)) for symmetric Gram matrices
+    # G_U = U^T U, G_V = V V^T; batched over leading dims
+    return ((u_gram @ m) * (m @ v_gram)).sum(dim=(-2, -1))
 
 
-def composition_scores(arch: Architecture, layer_a: int, layer_b: int) -> dict[str, torch.Tensor]:
-    """Scores of every sender head in layer_a composing into every receiver head in layer_b.
+def composition_scores(arch: Architecture, layer_a: int, layer_b: int, cache: dict | None = None,
+                       heads_a: list[int] | None = None, heads_b: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Scores of sender heads in layer_a composing into receiver heads in layer_b.
 
-    Returns {"q", "k", "v"}, each (head_a, head_b). layer_a must be earlier than layer_b.
+    Returns {"q", "k", "v"}, each (head_a, head_b) over heads_a x heads_b (default: all heads).
+    layer_a must be earlier than layer_b. `cache` (a dict the caller keeps for one computation)
+    saves re-reading a layer's weights.
     """
     if not layer_a < layer_b:
         raise ValueError(f"a sender must come before its receiver (layers {layer_a} and {layer_b})")
-    a, b = _weights(arch, layer_a), _weights(arch, layer_b)
+    cache = {} if cache is None else cache
+    for layer in (layer_a, layer_b):
+        if layer not in cache:
+            cache[layer] = _weights(arch, layer)
+    a, b = cache[layer_a], cache[layer_b]
+    if heads_a is not None:
+        a = {k: v[heads_a] for k, v in a.items()}
+    if heads_b is not None:
+        b = {k: v[heads_b] for k, v in b.items()}
     # sender OV = W_O^A (d_model, d) @ W_V^A (d, d_model)
     gram_vA = a["W_V"] @ a["W_V"].transpose(-1, -2)  # (head, d, d)
     gram_oA = a["W_O"].transpose(-1, -2) @ a["W_O"]
@@ -42,7 +54,7 @@ def composition_scores(arch: Architecture, layer_a: int, layer_b: int) -> dict[s
 
     def score(u_gram_b, left_b, right_a, norm_b):
         # M[b_head, a_head] = left_b @ right_a, each d x d
-        m = torch.einsum("bij,ajk->abik", left_b, right_a)
+        m = left_b[None] @ right_a[:, None]  # (head_a, head_b, d_head, d_head)
         num = _frob2(u_gram_b[None], m, gram_vA[:, None]).clamp_min(0).sqrt()
         return (num / (norm_ovA[:, None] * norm_b[None, :])).to(torch.float32)
 

@@ -208,9 +208,10 @@ def thought_path(handle: ModelHandle, head_activity: np.ndarray) -> ThoughtPath:
     labels = [f"L{h.layer}.H{h.head}" for h in heads]
     shares = [h.score / max(float(head_activity[h.layer].sum()), 1e-12) for h in heads]
     edges = [PathEdge("Prompt_Ingress", labels[0], round(shares[0], 6), "activity_share")]
+    weights: dict = {}
     for a, b, la, lb in zip(heads, heads[1:], labels, labels[1:]):
-        scores = composition_scores(handle.arch, a.layer, b.layer)
-        kind, value = max(((k, float(v[a.head, b.head])) for k, v in scores.items()), key=lambda kv: kv[1])
+        scores = composition_scores(handle.arch, a.layer, b.layer, weights, [a.head], [b.head])
+        kind, value = max(((k, float(v[0, 0])) for k, v in scores.items()), key=lambda kv: kv[1])
         edges.append(PathEdge(la, lb, round(value, 6), kind))
     edges.append(PathEdge(labels[-1], "Response_Egress", round(shares[-1], 6), "activity_share"))
     return ThoughtPath(nodes=("Prompt_Ingress", *labels, "Response_Egress"), heads=heads, edges=tuple(edges))

@@ -1,0 +1,132 @@
+"""Trace on the real bundled model (SmolLM2-135M-Instruct)."""
+import numpy as np
+import pytest
+import torch
+
+from synapse_core import BadInput, HeadMask, Sampling, trace
+from synapse_core.hooks import active_handle_count, hooks
+from synapse_core.influence import token_influence
+from synapse_core.masking import mask_fns
+from synapse_core.store import ResultStore
+from synapse_core.trace import trace_config
+
+EIFFEL = "The Eiffel Tower is in the city of"
+
+
+def test_bundled_model_shape(bundled):
+    arch = bundled.arch
+    assert (arch.family, arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.d_head) == ("llama", 30, 9, 3, 64)
+    assert bundled.source in ("gguf (converted)", "safetensors cache")
+
+
+def test_eiffel_tower_generates_paris(bundled):
+    result = trace(bundled, EIFFEL, max_new_tokens=3)
+    assert result.generated_tokens[0] == " Paris"
+    assert result.token_probs[0] > 0.5
+    assert result.fidelity.token_agreement == 1.0
+    assert result.fidelity.max_logit_diff < 1e-3
+    assert result.step_activity.shape == (3, 30, 9)
+    assert result.attention.shape == (3, 30, 9, len(result.prompt_ids) + 2)
+    # each captured attention row is a distribution over the keys seen at that step
+    sums = result.attention.sum(-1)
+    assert np.allclose(sums, 1.0, atol=1e-4)
+    assert result.thought_path.nodes[0] == "Prompt_Ingress" and result.thought_path.nodes[-1] == "Response_Egress"
+    assert result.thought_path.depth == 31
+    assert active_handle_count(bundled.model) == 0
+
+
+def test_ioi_prompt_prefers_mary(bundled):
+    result = trace(bundled, "When Mary and John went to the store, John gave a drink to", max_new_tokens=1)
+    assert result.generated_tokens[0] == " Mary"
+    assert result.token_probs[0] > 0.8
+
+
+def test_masked_head_reads_zero_and_changes_logits(bundled):
+    clean = trace(bundled, EIFFEL, max_new_tokens=2)
+    top = clean.top_heads[0]
+    masked = trace(bundled, EIFFEL, max_new_tokens=2, masks=[HeadMask(top.layer, top.head)])
+    assert masked.step_activity[:, top.layer, top.head].max() == 0.0
+    assert clean.step_activity[:, top.layer, top.head].min() > 0.0
+    assert masked.token_probs[0] != pytest.approx(clean.token_probs[0], abs=1e-6)
+    assert [f"{m.layer}.{m.head}" for m in masked.masked_heads] == [f"{top.layer}.{top.head}"]
+
+
+def test_projection_mask_equals_zeroed_weight_columns(bundled):
+    ids = bundled.tokenizer(EIFFEL, return_tensors="pt").input_ids
+    layer, head, d = 5, 4, bundled.arch.d_head
+    with torch.inference_mode(), hooks(bundled.model, bundled.arch, mask_fns((HeadMask(layer, head),))):
+        masked = bundled.model(ids).logits
+    weight = bundled.arch.out_proj[layer].weight
+    saved = weight[:, head * d:(head + 1) * d].clone()
+    try:
+        with torch.no_grad():
+            weight[:, head * d:(head + 1) * d] = 0
+        with torch.inference_mode():
+            zeroed = bundled.model(ids).logits
+    finally:
+        with torch.no_grad():
+            weight[:, head * d:(head + 1) * d] = saved
+    torch.testing.assert_close(masked, zeroed, atol=1e-5, rtol=0)
+
+
+def test_hooks_that_do_nothing_equal_plain_forward(bundled):
+    ids = bundled.tokenizer(EIFFEL, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        plain = bundled.model(ids).logits
+        seen = []
+        fns = {(layer, site): [lambda x: seen.append(1)] for layer in range(30)
+               for site in ("attn.z", "attn.pattern", "attn.out", "mlp.out", "resid.post")}
+        with hooks(bundled.model, bundled.arch, fns):
+            hooked = bundled.model(ids).logits
+    assert len(seen) == 30 * 5
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=0)
+
+
+def test_sampling_is_reproducible_with_a_seed(bundled):
+    a = trace(bundled, EIFFEL, 6, sampling=Sampling(temperature=1.0, seed=7), capture_attention=False)
+    b = trace(bundled, EIFFEL, 6, sampling=Sampling(temperature=1.0, seed=7), capture_attention=False)
+    assert a.generated_ids == b.generated_ids
+
+
+def test_token_influence_names_the_source_tokens(bundled):
+    result = trace(bundled, EIFFEL, max_new_tokens=1, capture_attention=False)
+    influence = token_influence(bundled, result.prompt_ids, result.generated_ids, 0)
+    assert influence.output_token == " Paris"
+    assert len(influence.scores) == len(result.prompt_ids)
+    assert influence.log_prob == pytest.approx(np.log(result.token_probs[0]), abs=1e-3)
+    # the landmark carries more influence than the function word "is"
+    tokens = list(influence.source_tokens)
+    assert abs(influence.scores[tokens.index(" Tower")]) > abs(influence.scores[tokens.index(" is")])
+
+
+def test_bad_input_is_refused_with_a_clear_message(bundled):
+    with pytest.raises(BadInput, match="empty"):
+        trace(bundled, "   ", 3)
+    with pytest.raises(BadInput, match="head 9 does not exist: layer 3 has heads 0-8"):
+        trace(bundled, EIFFEL, 3, masks=["3.9"])
+    with pytest.raises(BadInput, match="layer 30 does not exist"):
+        trace(bundled, EIFFEL, 3, masks=["30.0"])
+
+
+def test_overlong_prompt_is_cut_with_a_warning(bundled, monkeypatch):
+    monkeypatch.setattr(type(bundled), "max_context", property(lambda self: 16))
+    result = trace(bundled, EIFFEL + " and the Colosseum is in the city of", 2, capture_attention=False)
+    assert len(result.prompt_ids) == 14
+    assert any("only the last 14 tokens" in w for w in result.warnings)
+
+
+def test_same_trace_request_is_answered_from_the_store(bundled, tmp_path):
+    store = ResultStore(tmp_path / "results")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return trace(bundled, EIFFEL, 2, capture_attention=False)
+
+    cfg = trace_config(bundled, EIFFEL, 2, [], Sampling(), False)
+    first, cached1, _ = store.get_or_compute("trace", cfg, compute)
+    second, cached2, _ = store.get_or_compute("trace", cfg, compute)
+    assert (cached1, cached2, len(calls)) == (False, True, 1)
+    assert second.key == first.key and second.result.generated_ids == first.result.generated_ids
+    masked_cfg = trace_config(bundled, EIFFEL, 2, ["3.1"], Sampling(), False)
+    assert store.get_or_compute("trace", masked_cfg, compute)[0].key != first.key
