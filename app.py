@@ -1,0 +1,86 @@
+"""Synapse: look inside a language model. Entrypoint: `streamlit run app.py`."""
+import streamlit as st
+
+import ui
+from synapse_core.errors import SynapseError
+from synapse_core.spec import MASK_LEVELS
+
+st.set_page_config(page_title="Synapse", page_icon="🧠", layout="wide")
+
+PAGES = {
+    "trace": st.Page("pages/trace.py", title="Trace", icon="🔎"),
+    "ablate": st.Page("pages/ablate.py", title="Ablate", icon="✂️"),
+    "discover": st.Page("pages/discover.py", title="Discover", icon="🧭"),
+    "governance": st.Page("pages/governance.py", title="Governance", icon="🛡️"),
+}
+
+
+def home():
+    st.title("Synapse")
+    st.markdown(
+        "Synapse lets you look inside a language model while it writes: which attention heads were "
+        "active for each token, where they looked, and what changes when you switch heads off. "
+        "Everything runs on the model picked in the sidebar; head masks typed there apply to every page."
+    )
+    st.page_link(PAGES["trace"], label="**Trace**: generate from a prompt and see which heads were active, "
+                 "their attention, the path through the layers and which tokens drove each output.")
+    st.page_link(PAGES["ablate"], label="**Ablate**: switch heads or blocks off and measure the effect.")
+    st.page_link(PAGES["discover"], label="**Discover**: find the circuit of heads behind a behaviour.")
+    st.page_link(PAGES["governance"], label="**Governance**: quarantine heads and keep a record of why.")
+
+
+def try_load(spec: str) -> None:
+    """Load `spec` for this session; on failure keep the model in use and say why."""
+    try:
+        with st.spinner(f"Loading model {spec!r} …"):
+            ui.load_model(spec)
+    except SynapseError as exc:
+        st.session_state[ui.LOAD_ERROR] = f"could not load {spec!r}: {exc}"
+        st.session_state.setdefault(ui.LOADED_SPEC, None)
+        return
+    st.session_state[ui.LOADED_SPEC] = spec
+    st.session_state.pop(ui.LOAD_ERROR, None)
+
+
+def model_sidebar():
+    st.header("Model")
+    st.text_input("Model spec", value=ui.default_spec(), key=ui.MODEL_INPUT,
+                  help="'bundled' (SmolLM2-135M-Instruct), a folder of safetensors weights, a .gguf file or a hub id")
+    if st.button("Load", key="model_load", type="primary"):
+        try_load(st.session_state[ui.MODEL_INPUT].strip())
+    elif ui.LOADED_SPEC not in st.session_state:  # a new session starts on the default model
+        try_load(ui.default_spec())
+    if ui.LOAD_ERROR in st.session_state:
+        st.error(st.session_state[ui.LOAD_ERROR])
+    handle = ui.current_model()
+    if handle is None:
+        st.info("No model loaded.")
+        return None
+    st.markdown(ui.model_status(handle))
+    return handle
+
+
+def mask_sidebar(handle):
+    st.header("Session masks")
+    st.text_input("Heads to mask", key=ui.MASK_TEXT, placeholder="e.g. 3.1, 5.2",
+                  help="LAYER.HEAD, comma-separated. Masked heads are switched off on every page in this session.")
+    st.selectbox("Mask level", MASK_LEVELS, key=ui.MASK_LEVEL,
+                 help="projection: zero the head's output; attention: zero its attention probabilities; both")
+    if handle is None:
+        return
+    try:
+        masks = ui.session_masks(handle)
+    except SynapseError as exc:
+        ui.show_error(exc)
+        return
+    if masks:
+        st.markdown("In force: " + ", ".join(f"`{m.layer}.{m.head}` ({m.level})" for m in masks))
+    else:
+        st.caption("No heads masked.")
+
+
+with st.sidebar:
+    current = model_sidebar()
+    mask_sidebar(current)
+
+st.navigation([st.Page(home, title="Home", icon="🏠", default=True), *PAGES.values()]).run()

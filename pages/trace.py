@@ -1,0 +1,119 @@
+"""Trace: generate from a prompt and see which heads were active, where they looked, and why."""
+import streamlit as st
+from streamlit_agraph import agraph
+
+import ui
+from synapse_core import Sampling
+from synapse_core.errors import SynapseError
+
+st.title("Trace")
+handle = ui.require_model()
+
+prompt = st.text_area("Prompt", key="trace_prompt", placeholder="The Eiffel Tower is in the city of")
+max_new = st.number_input("Max new tokens", min_value=1, max_value=256, value=20, key="trace_max_new")
+with st.expander("Sampling (default: greedy)"):
+    temperature = st.number_input("Temperature (0 = greedy)", min_value=0.0, max_value=5.0, value=0.0,
+                                  step=0.1, key="trace_temperature")
+    top_k = st.number_input("Top-k (0 = whole vocabulary)", min_value=0, value=0, key="trace_top_k")
+    seed = st.number_input("Seed", min_value=0, value=0, key="trace_seed")
+
+if st.button("Run", key="trace_run_button", type="primary"):
+    bar = st.progress(0.0, text="starting")
+    try:
+        masks = ui.session_masks(handle)
+        sampling = Sampling(temperature=float(temperature), top_k=int(top_k), seed=int(seed))
+        st.session_state[ui.TRACE_RUN] = ui.run_trace(
+            handle, prompt, int(max_new), masks, sampling,
+            progress=lambda done, total, message: bar.progress(min(done / total, 1.0), text=message),
+        )
+    except SynapseError as exc:
+        st.session_state.pop(ui.TRACE_RUN, None)
+        ui.show_error(exc)
+    finally:
+        bar.empty()
+
+run = st.session_state.get(ui.TRACE_RUN)
+if run is None:
+    st.info("Type a prompt and press **Run** to trace the model.")
+    st.stop()
+result = run.result
+if result.fingerprint != handle.fingerprint:
+    st.info(f"The last trace was made with {result.model}, not the loaded model: press **Run** again.")
+    st.stop()
+
+if run.from_cache:
+    st.success(f"Answered from cache · key `{run.key}`")
+else:
+    st.caption(f"Computed and stored · key `{run.key}`")
+for message in (*result.warnings, *run.notes):
+    st.warning(message)
+
+backend, fidelity, depth, masked = st.columns(4)
+backend.metric("Backend", f"transformers · {handle.device.type} · {ui.short_dtype(handle)}", border=True)
+fidelity.metric("Trace fidelity", f"{result.fidelity.token_agreement:.0%}",
+                delta=f"max logit diff {result.fidelity.max_logit_diff:.1e}", delta_color="off", border=True,
+                help="Share of generated tokens that an untraced re-run (same masks, no capture hooks) "
+                     f"also picks; max logit diff = {result.fidelity.max_logit_diff:.3g}")
+depth.metric("Lineage depth", result.thought_path.depth, border=True,
+             help="Hops on the thought path from Prompt_Ingress to Response_Egress")
+masked.metric("Masked heads", len(result.masked_heads), border=True,
+              help=", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none")
+
+st.subheader("Generated text")
+st.code(result.generated_text, language=None, wrap_lines=True)
+st.dataframe(ui.token_table(result), key="trace_tokens", column_config={
+    "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
+st.caption("Probability of each generated token when it was chosen." +
+           (" Generation stopped on an end-of-sequence token." if result.stopped_on_eos else ""))
+
+outputs = list(range(len(result.generated_tokens)))
+token_label = lambda i: f"{i}: {ui.show_token(result.generated_tokens[i])} (p={result.token_probs[i]:.2f})"
+
+st.subheader("Head activity")
+step = st.selectbox("Activity of", [None, *outputs], key="trace_activity_step",
+                    format_func=lambda s: "mean over generated tokens" if s is None else f"token {token_label(s)}")
+st.altair_chart(ui.activity_heatmap(ui.activity_frame(result, step)), key="trace_activity_chart")
+st.caption(f"Activity: {result.activity_method}. Masked heads read 0.")
+
+st.subheader("Attention of one head")
+top = result.top_heads[0]
+layer_col, head_col, out_col = st.columns(3)
+layer = layer_col.selectbox("Layer", range(handle.arch.n_layers), index=top.layer, key="trace_attn_layer")
+head = head_col.selectbox("Head", range(handle.arch.n_heads), index=top.head, key="trace_attn_head")
+output = out_col.selectbox("Output token", outputs, format_func=token_label, key="trace_attn_output")
+try:
+    with st.spinner("Computing the attention pattern …"):
+        matrix = ui.head_attention(handle, result, output, layer, head)
+    tokens = result.prompt_tokens + result.generated_tokens[:output]
+    st.altair_chart(ui.attention_heatmap(matrix, tokens), key="trace_attention_chart")
+    st.caption(f"Attention probabilities of L{layer}.H{head}, recomputed in one forward pass over the prompt and the "
+               f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
+               "position that predicted that token (the trace records that row for every head).")
+except SynapseError as exc:
+    ui.show_error(exc)
+
+st.subheader("Thought path")
+nodes, edges, config = ui.path_graph(result)
+agraph(nodes=nodes, edges=edges, config=config)
+st.caption(f"The most active head of each layer, chained. Node size: activity. Edges: {result.thought_path.edge_method}.")
+st.dataframe(ui.path_table(result), key="trace_path_table", hide_index=True)
+
+st.subheader("Token influence")
+target = st.selectbox("Generated token to explain", outputs, format_func=token_label, key="trace_influence_output")
+try:
+    with st.spinner("Computing token influence …"):
+        influence = ui.influence(handle, result, target)
+    st.altair_chart(ui.influence_bars(influence), key="trace_influence_chart")
+    st.caption(f"Influence: {influence.method}. log p({ui.show_token(influence.output_token)}) = "
+               f"{influence.log_prob:.3f}, masks of the run in force.")
+except SynapseError as exc:
+    ui.show_error(exc)
+
+st.subheader("Downloads")
+json_col, heads_col, steps_col = st.columns(3)
+json_col.download_button("Trace (JSON)", ui.trace_json(result), file_name=f"trace-{run.key}.json",
+                         mime="application/json", key="trace_download_json")
+heads_col.download_button("Head activity (CSV)", ui.head_activity_csv(result), file_name=f"heads-{run.key}.csv",
+                          mime="text/csv", key="trace_download_heads")
+steps_col.download_button("Activity per step (CSV)", ui.step_activity_csv(result),
+                          file_name=f"steps-{run.key}.csv", mime="text/csv", key="trace_download_steps")

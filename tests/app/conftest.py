@@ -1,0 +1,33 @@
+"""Every app test starts with empty Streamlit caches. Results the engine's ResultStore keeps on disk
+(under the session's SYNAPSE_HOME) are shared, so a request repeated in a later test is answered
+from the store instead of being traced again."""
+import pytest
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture(autouse=True)
+def run_app_py_like_a_started_server(monkeypatch):
+    """Make every AppTest run execute app.py and its st.navigation, as a running server does.
+
+    A folder named pages/ beside app.py makes Streamlit start in its legacy multipage mode, which
+    runs a page script on its own, without app.py's sidebar; the first st.navigation call switches
+    a server out of that mode for good. AppTest re-derives the mode from the folder before every
+    run, so without this a switch_page() run would never execute app.py.
+    """
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

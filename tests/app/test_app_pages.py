@@ -1,0 +1,50 @@
+"""Every page script, and the app around them, runs without an exception."""
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import ui
+from app_helpers import ROOT, TIMEOUT, app
+
+PLACEHOLDERS = ["pages/ablate.py", "pages/discover.py", "pages/governance.py"]
+
+
+def test_app_loads_default_model_and_lists_pages():
+    at = app()
+    assert not at.exception
+    assert at.title[0].value == "Synapse"
+    status = at.sidebar.markdown[0].value
+    assert "SmolLM2-135M-Instruct" in status and "30 layers × 9 heads" in status and "cpu · float32" in status
+    assert len(at.get("page_link")) == 4
+    assert [c.value for c in at.sidebar.caption] == ["No heads masked."]
+
+
+@pytest.mark.parametrize("page", ["pages/trace.py", *PLACEHOLDERS])
+def test_each_page_runs_inside_the_app(page):
+    at = app().switch_page(page).run()
+    assert not at.exception
+    assert at.title[0].value == page.removeprefix("pages/").removesuffix(".py").capitalize()
+    assert "SmolLM2-135M-Instruct" in at.sidebar.markdown[0].value  # the sidebar is on every page
+
+
+@pytest.mark.parametrize("page", PLACEHOLDERS)
+def test_placeholder_pages_run_on_their_own_and_say_what_is_coming(page):
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    assert at.info[0].value.startswith("Coming soon")
+    assert "This page will" in at.markdown[0].value
+
+
+def test_trace_page_on_its_own_asks_for_a_model():
+    at = AppTest.from_file(str(ROOT / "pages/trace.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "ran without Synapse's sidebar" in at.info[0].value
+    assert not at.button  # stopped before any widget
+
+
+def test_bad_model_spec_shows_an_error_and_keeps_the_loaded_model():
+    at = app()
+    at.sidebar.text_input(key=ui.MODEL_INPUT).input("/nowhere/model.gguf")
+    at.sidebar.button(key="model_load").click().run()
+    assert not at.exception
+    assert "/nowhere/model.gguf does not exist" in at.sidebar.error[0].value
+    assert "SmolLM2-135M-Instruct" in at.sidebar.markdown[0].value

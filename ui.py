@@ -1,0 +1,258 @@
+"""The one UI helper module: every st.cache_resource / st.cache_data, the session-state keys shared
+between the sidebar and the pages, and the chart builders the pages render.
+
+The engine (synapse_core) never imports streamlit; this module is the only bridge.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from streamlit_agraph import Config, Edge, Node
+
+import synapse_core
+from synapse_core import settings
+from synapse_core.errors import SynapseError
+from synapse_core.influence import InfluenceResult, token_influence
+from synapse_core.patterns import attention_matrix
+from synapse_core.spec import MASK_LEVELS, HeadMask, normalize_masks, parse_heads
+from synapse_core.store import ResultStore
+from synapse_core.trace import TraceResult, trace_config
+
+# Session-state keys shared across pages. Page-local widget keys live in their page.
+MODEL_INPUT = "model_spec_input"  # sidebar text input: the spec the user typed
+LOADED_SPEC = "loaded_model_spec"  # the spec this session's pages use (set after a successful load)
+LOAD_ERROR = "model_load_error"  # message of the last failed load, shown until a load succeeds
+MASK_TEXT = "session_mask_heads"  # sidebar text input: heads to mask, "3.1, 5.2"
+MASK_LEVEL = "session_mask_level"  # sidebar selectbox: projection | attention | both
+TRACE_RUN = "trace_run"  # the TraceRun shown on the Trace page
+
+
+@dataclass(frozen=True)
+class TraceRun:
+    """A trace as the Trace page shows it: the result and where it came from."""
+
+    result: TraceResult
+    key: str  # the result store's content hash of the request
+    from_cache: bool
+    notes: tuple[str, ...]  # store notes, e.g. an unreadable entry that was replaced
+
+
+# ---------------------------------------------------------------- model
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_model(spec: str) -> synapse_core.ModelHandle:
+    """One loaded model per spec, shared by every session (the engine is thread-safe)."""
+    return synapse_core.load_model(spec)
+
+
+def default_spec() -> str:
+    return settings.default_model_spec()
+
+
+def current_model() -> synapse_core.ModelHandle | None:
+    """The model this session uses, or None when none was loaded (e.g. the page runs on its own)."""
+    spec = st.session_state.get(LOADED_SPEC)
+    return load_model(spec) if spec else None
+
+
+def require_model() -> synapse_core.ModelHandle:
+    """The session's model; without one, say how to get one and stop the page."""
+    if LOADED_SPEC not in st.session_state:
+        # app.py (which draws the sidebar) never ran in this session. Streamlit runs a page on its own
+        # when a fresh server's first visitor opens it directly, because a folder named pages/ sits
+        # beside app.py; a visit to the home page switches the server to app.py's st.navigation.
+        st.info("No model is loaded: this page ran without Synapse's sidebar. "
+                "[Open the home page](./) to load a model, then come back.")
+        st.stop()
+    handle = current_model()
+    if handle is None:
+        st.info("No model is loaded: pick one in the sidebar and press **Load**.")
+        st.stop()
+    return handle
+
+
+def short_dtype(handle) -> str:
+    return str(handle.dtype).removeprefix("torch.")
+
+
+def model_status(handle) -> str:
+    a = handle.arch
+    return (
+        f"**{handle.name}**  \nfamily `{a.family}` · {a.n_layers} layers × {a.n_heads} heads"
+        f" ({a.n_kv_heads} kv) · d_head {a.d_head}  \n{handle.device.type} · {short_dtype(handle)}"
+        f" · context {handle.max_context}  \nsource: {handle.source}  \nfingerprint `{handle.fingerprint}`"
+    )
+
+
+def session_masks(handle) -> tuple[HeadMask, ...]:
+    """The heads this session masks, validated against the model; SynapseError when invalid."""
+    level = st.session_state.get(MASK_LEVEL, MASK_LEVELS[0])
+    heads = parse_heads(st.session_state.get(MASK_TEXT, ""))
+    return normalize_masks([HeadMask(h.layer, h.head, level) for h in heads], handle.arch)
+
+
+# ---------------------------------------------------------------- results
+@st.cache_resource(show_spinner=False)
+def result_store(path: str) -> ResultStore:
+    return ResultStore(path)
+
+
+def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress) -> TraceRun:
+    """Trace through the result store: the same request twice is answered from disk."""
+    config = trace_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
+    store = result_store(str(settings.subdir("results")))
+    entry, from_cache, notes = store.get_or_compute(
+        "trace", config,
+        lambda: synapse_core.trace(handle, prompt, max_new_tokens, masks=masks, sampling=sampling, progress=progress),
+        summary={"prompt": prompt[:80], "model": handle.name},
+    )
+    return TraceRun(entry.result, entry.key, from_cache, tuple(notes))
+
+
+def _model_key(handle) -> str:
+    return f"{handle.fingerprint}|{handle.dtype}|{handle.device}"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _attention(_handle, model_key: str, ids: tuple, layer: int, head: int, masks: tuple) -> np.ndarray:
+    return attention_matrix(_handle, ids, layer, head, masks=[HeadMask(*m) for m in masks])
+
+
+def head_attention(handle, result: TraceResult, output_index: int, layer: int, head: int) -> np.ndarray:
+    """(q_pos, k_pos) attention of one head over the context of generated token `output_index`."""
+    ids = tuple(result.prompt_ids) + tuple(result.generated_ids[:output_index])
+    masks = tuple((m.layer, m.head, m.level) for m in result.masked_heads)
+    return _attention(handle, _model_key(handle), ids, layer, head, masks)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _influence(_handle, model_key: str, prompt_ids: tuple, generated_ids: tuple, index: int, masks: tuple):
+    return token_influence(_handle, prompt_ids, generated_ids, index, masks=[HeadMask(*m) for m in masks])
+
+
+def influence(handle, result: TraceResult, output_index: int) -> InfluenceResult:
+    masks = tuple((m.layer, m.head, m.level) for m in result.masked_heads)
+    return _influence(handle, _model_key(handle), result.prompt_ids, result.generated_ids, output_index, masks)
+
+
+# ---------------------------------------------------------------- rendering helpers
+def show_token(token: str) -> str:
+    """A token made visible: newlines and tabs escaped, leading/trailing spaces as ·."""
+    text = token.replace("\n", "\\n").replace("\t", "\\t")
+    stripped = text.strip(" ")
+    lead, trail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
+    return "·" * lead + stripped + "·" * trail if stripped else "·" * len(text)
+
+
+def labels(tokens) -> list[str]:
+    """Unique axis labels "pos token" (tokens repeat, positions do not)."""
+    return [f"{i:>3} {show_token(t)}" for i, t in enumerate(tokens)]
+
+
+def token_table(result: TraceResult) -> pd.DataFrame:
+    return pd.DataFrame({
+        "token": [show_token(t) for t in result.generated_tokens],
+        "probability": result.token_probs,
+    })
+
+
+def activity_frame(result: TraceResult, step: int | None = None) -> pd.DataFrame:
+    """Long table (layer, head, activity, masked) of the mean activity, or of one step."""
+    grid = result.head_activity if step is None else result.step_activity[step]
+    masked = {(m.layer, m.head) for m in result.masked_heads}
+    layers, heads = np.indices(grid.shape)
+    return pd.DataFrame({
+        "layer": layers.ravel(), "head": heads.ravel(), "activity": grid.ravel().astype(float),
+        "masked": [(int(l), int(h)) in masked for l, h in zip(layers.ravel(), heads.ravel())],
+    })
+
+
+def activity_heatmap(frame: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(frame).mark_rect().encode(
+        x=alt.X("head:O", title="head"),
+        y=alt.Y("layer:O", title="layer", sort="descending"),
+        color=alt.Color("activity:Q", scale=alt.Scale(scheme="viridis"), title="activity"),
+        tooltip=["layer", "head", alt.Tooltip("activity:Q", format=".3f"), "masked"],
+    ).properties(height=520)
+
+
+def attention_heatmap(matrix: np.ndarray, tokens) -> alt.Chart:
+    names = labels(tokens)[: matrix.shape[0]]
+    q, k = np.indices(matrix.shape)
+    keep = k <= q  # causal: the upper triangle is always 0
+    frame = pd.DataFrame({
+        "query": np.array(names)[q[keep]], "key": np.array(names)[k[keep]], "attention": matrix[keep].astype(float),
+    })
+    return alt.Chart(frame).mark_rect().encode(
+        x=alt.X("key:N", sort=names, title="attended-to token (key)"),
+        y=alt.Y("query:N", sort=names, title="attending token (query)"),
+        color=alt.Color("attention:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="attention"),
+        tooltip=["query", "key", alt.Tooltip("attention:Q", format=".3f")],
+    ).properties(height=min(max(240, 18 * len(names)), 900))
+
+
+def influence_bars(result: InfluenceResult) -> alt.Chart:
+    names = labels(result.source_tokens)
+    frame = pd.DataFrame({"token": names, "score": result.scores.astype(float)})
+    frame["sign"] = np.where(frame["score"] >= 0, "raises p(token)", "lowers p(token)")
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("score:Q", title="contribution to log p(output token)"),
+        y=alt.Y("token:N", sort=names, title="source token"),
+        color=alt.Color("sign:N", scale=alt.Scale(domain=["raises p(token)", "lowers p(token)"],
+                                                   range=["#2e7d32", "#c62828"])),
+        tooltip=["token", alt.Tooltip("score:Q", format=".4f")],
+    ).properties(height=max(200, 20 * len(names)))
+
+
+def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
+    """The thought path as agraph nodes and edges, drawn left to right; node size by activity."""
+    path = result.thought_path
+    top = max((h.score for h in path.heads), default=1.0) or 1.0
+    activity = {f"L{h.layer}.H{h.head}": h.score for h in path.heads}
+    nodes = []
+    for name in path.nodes:
+        if name in activity:
+            nodes.append(Node(id=name, label=name, size=8 + 22 * activity[name] / top, color="#4B6BFB",
+                              title=f"{name}: activity {activity[name]:.3f}"))
+        else:
+            nodes.append(Node(id=name, label=name, size=22, shape="diamond", color="#F4A261"))
+    edges = [Edge(e.source, e.target, label=f"{e.weight:.2f} {e.kind}", title=f"{e.kind}: {e.weight:.4f}",
+                  color="#999999") for e in path.edges]
+    config = Config(width=1200, height=320, directed=True, physics=False, hierarchical=True,
+                    direction="LR", sortMethod="directed", levelSeparation=120)
+    return nodes, edges, config
+
+
+def path_table(result: TraceResult) -> pd.DataFrame:
+    activity = {f"L{h.layer}.H{h.head}": h.score for h in result.thought_path.heads}
+    return pd.DataFrame([
+        {"from": e.source, "to": e.target, "weight": e.weight, "kind": e.kind,
+         "activity of 'to'": activity.get(e.target)}
+        for e in result.thought_path.edges
+    ])
+
+
+def trace_json(result: TraceResult) -> str:
+    return json.dumps(result.to_json(), indent=2)
+
+
+def head_activity_csv(result: TraceResult) -> str:
+    return activity_frame(result).to_csv(index=False)
+
+
+def step_activity_csv(result: TraceResult) -> str:
+    frames = []
+    for step, token in enumerate(result.generated_tokens):
+        frame = activity_frame(result, step)
+        frame.insert(0, "token", token)
+        frame.insert(0, "step", step)
+        frames.append(frame)
+    return pd.concat(frames).to_csv(index=False)
+
+
+def show_error(exc: SynapseError) -> None:
+    st.error(str(exc))
