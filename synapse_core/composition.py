@@ -12,8 +12,9 @@ import torch
 from .adapters import Architecture
 
 
-def _weights(arch: Architecture, layer: int) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to(torch.float64) for k, v in arch.head_weights(layer).items()}
+def _weights(arch: Architecture, layer: int, heads: list[int] | None) -> dict[str, torch.Tensor]:
+    weights = arch.head_weights(layer)
+    return {k: (v if heads is None else v[heads]).detach().to(torch.float64) for k, v in weights.items()}
 
 
 def _frob2(u_gram: torch.Tensor, m: torch.Tensor, v_gram: torch.Tensor) -> torch.Tensor:
@@ -33,14 +34,12 @@ def composition_scores(arch: Architecture, layer_a: int, layer_b: int, cache: di
     if not layer_a < layer_b:
         raise ValueError(f"a sender must come before its receiver (layers {layer_a} and {layer_b})")
     cache = {} if cache is None else cache
-    for layer in (layer_a, layer_b):
-        if layer not in cache:
-            cache[layer] = _weights(arch, layer)
-    a, b = cache[layer_a], cache[layer_b]
-    if heads_a is not None:
-        a = {k: v[heads_a] for k, v in a.items()}
-    if heads_b is not None:
-        b = {k: v[heads_b] for k, v in b.items()}
+    for layer, heads in ((layer_a, heads_a), (layer_b, heads_b)):
+        key = (layer, None if heads is None else tuple(heads))
+        if key not in cache:
+            cache[key] = _weights(arch, layer, heads)
+    a = cache[(layer_a, None if heads_a is None else tuple(heads_a))]
+    b = cache[(layer_b, None if heads_b is None else tuple(heads_b))]
     # sender OV = W_O^A (d_model, d) @ W_V^A (d, d_model)
     gram_vA = a["W_V"] @ a["W_V"].transpose(-1, -2)  # (head, d, d)
     gram_oA = a["W_O"].transpose(-1, -2) @ a["W_O"]

@@ -59,7 +59,7 @@ def decode(handle: ModelHandle, input_ids: torch.Tensor, max_new_tokens: int, fn
     with torch.inference_mode(), hooks(model, handle.arch, fns):
         step_input = input_ids
         for step in range(max_new_tokens):
-            out = model(input_ids=step_input, past_key_values=cache, use_cache=True)
+            out = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1].float()
             logits_seen.append(logits)
             token = _choose(logits, sampling, generator)

@@ -13,7 +13,9 @@ Sites, per layer L (names as in `layers.L.<site>`):
   mlp.out       MLP block output                                   # (batch, pos, d_model)
   resid.post    residual stream after the layer                    # (batch, pos, d_model)
 A site function takes the tensor and returns a replacement or None (keep it). Functions run in
-the order given.
+the order given. An attn.pattern function with the attribute `last_row = True` promises to only
+read the last query row: when every pattern function on a layer promises that, the layer keeps
+its fused SDPA kernel and only that row of probabilities is computed (batch, head, 1, k_pos).
 """
 from __future__ import annotations
 
@@ -60,12 +62,14 @@ class _Dispatch:
 
     def _install(self, arch: Architecture, layer: int) -> None:
         mid, n_heads, d_head = self.model_id, arch.n_heads, arch.d_head
+        lead = threading.local()  # per thread: (batch, pos) of this layer's current input
 
         def z_hook(module, args):
+            x = args[0]
+            lead.shape = x.shape[:-1]
             fns = _fns(mid, layer, "attn.z")
             if not fns:
                 return None
-            x = args[0]
             z = x.view(*x.shape[:-1], n_heads, d_head)
             z = _apply(fns, z)
             return (z.reshape(x.shape), *args[1:])
@@ -77,6 +81,9 @@ class _Dispatch:
                     return None
                 if isinstance(output, tuple):
                     return (_apply(fns, output[0]), *output[1:])
+                if output.dim() == 2 and getattr(lead, "shape", None) is not None:
+                    # OPT runs its MLP on (batch * pos, d_model); site functions get (batch, pos, d_model)
+                    return _apply(fns, output.reshape(*lead.shape, output.shape[-1])).reshape(output.shape)
                 return _apply(fns, output)
 
             return hook
@@ -189,13 +196,36 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, sof
     return out, probs
 
 
+def last_row_probs(query, key, attention_mask, scaling=None, softcap=None) -> torch.Tensor:
+    """Attention probabilities of the last query position only: (batch, head, 1, k_pos)."""
+    q = query[:, :, -1:]
+    groups = q.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+    if scaling is None:
+        scaling = q.shape[-1] ** -0.5
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:  # None: the last query sees every key
+        row = attention_mask[..., -1:, : key.shape[2]]
+        if row.dtype == torch.bool:
+            scores = scores.masked_fill(~row, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + row
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
 def synapse_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """The attention function of every prepared model: SDPA unless this thread asked for patterns."""
     owner = _ATTN_LAYER.get(module)
     fns = _fns(owner[0], owner[1], "attn.pattern") if owner else None
     softcap = kwargs.get("softcap")
-    if not fns and softcap is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if softcap is None and (not fns or all(getattr(fn, "last_row", False) for fn in fns)):
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        if fns:
+            _apply(fns, last_row_probs(query, key, attention_mask, scaling))
+        return out
     return eager_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap, fns=fns or ())
 
 

@@ -151,6 +151,7 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
     def read_pattern(layer):
         def fn(probs):  # (batch, head, q_pos, k_pos)
             patterns[layer].append(probs[0, :, -1].float().cpu())
+        fn.last_row = True  # lets the layer keep its fused attention kernel
         return fn
 
     capture = {(layer, "attn.z"): [read_z(layer)] for layer in range(arch.n_layers)}
@@ -220,7 +221,7 @@ def thought_path(handle: ModelHandle, head_activity: np.ndarray) -> ThoughtPath:
 def _fidelity(handle: ModelHandle, input_ids: torch.Tensor, decoded: Decoded, masks) -> Fidelity:
     full = torch.cat([input_ids[0], torch.tensor(decoded.ids[:-1], dtype=input_ids.dtype, device=input_ids.device)])
     with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(masks)):
-        logits = handle.model(input_ids=full[None]).logits[0, input_ids.shape[1] - 1:].float().cpu()
+        logits = handle.model(input_ids=full[None], logits_to_keep=len(decoded.ids)).logits[0].float().cpu()
     agree = (logits.argmax(-1) == torch.tensor(decoded.ids)).float().mean()
     return Fidelity(token_agreement=float(agree), max_logit_diff=float((logits - decoded.step_logits).abs().max()))
 
