@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import diskcache
+import numpy as np
 
 from . import settings
 from .errors import StoreError
 
 
 def _plain(value):
+    if isinstance(value, np.generic):  # numpy scalars: hash as the Python number they equal
+        value = value.item()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -62,6 +65,11 @@ class ResultStore:
         """The entry, None when absent; StoreError when present but unreadable."""
         try:
             entry = self._cache.get(key, default=None, retry=True)
+            if entry is None and key in self._cache:  # listed, yet no value: absent then just written?
+                entry = self._cache.get(key, default=None, retry=True)
+                if entry is None and key in self._cache:
+                    # diskcache answers "absent" when an entry's value file is gone
+                    raise FileNotFoundError(f"its value file under {self.path} is missing")
         except Exception as exc:  # unpickling can raise nearly anything on a damaged entry
             raise StoreError(f"result {key} is stored but cannot be read ({type(exc).__name__}: {exc})") from exc
         if entry is not None and not isinstance(entry, Entry):
