@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import Architecture
+from .errors import BadInput
 
 
 def _weights(arch: Architecture, layer: int, heads: list[int] | None) -> dict[str, torch.Tensor]:
@@ -32,7 +33,10 @@ def composition_scores(arch: Architecture, layer_a: int, layer_b: int, cache: di
     saves re-reading a layer's weights.
     """
     if not layer_a < layer_b:
-        raise ValueError(f"a sender must come before its receiver (layers {layer_a} and {layer_b})")
+        raise BadInput(f"a sender must come before its receiver (layers {layer_a} and {layer_b})")
+    for layer, heads in ((layer_a, heads_a), (layer_b, heads_b)):
+        for head in heads if heads is not None else (0,):
+            arch.check_head(layer, head)
     cache = {} if cache is None else cache
     for layer, heads in ((layer_a, heads_a), (layer_b, heads_b)):
         key = (layer, None if heads is None else tuple(heads))

@@ -31,6 +31,8 @@ def token_influence(handle: ModelHandle, prompt_ids, generated_ids, output_index
 
     prompt_ids and generated_ids are sequences of token ids (as in a TraceResult).
     """
+    if not generated_ids:
+        raise BadInput("the run generated no tokens, so there is no output token to explain")
     if not 0 <= output_index < len(generated_ids):
         raise BadInput(f"output token {output_index} does not exist: the run generated tokens 0-{len(generated_ids) - 1}")
     masks = normalize_masks(masks, handle.arch)

@@ -117,8 +117,8 @@ def file_fingerprint(paths: list[Path]) -> str:
 
 
 def state_fingerprint(model: nn.Module) -> str:
-    """sha256 over the parameters themselves, for models that never lived in a file."""
-    digest = hashlib.sha256()
+    """sha256 over the config and the parameters, for models that never lived in a file."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
@@ -170,7 +170,9 @@ def _weight_files(folder: Path) -> list[Path]:
             f"{folder} has no .safetensors weights; Synapse loads safetensors only "
             "(convert .bin weights with transformers' save_pretrained(safe_serialization=True))"
         )
-    return files + [p for p in (folder / "config.json",) if p.exists()]
+    # everything that changes what the model computes or how text is tokenized
+    extra = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+    return files + [folder / name for name in extra if (folder / name).exists()]
 
 
 def load_model(spec: str | None = None, device: str | None = None, dtype: str | None = None) -> ModelHandle:

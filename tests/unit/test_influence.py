@@ -68,9 +68,6 @@ def test_output_index_out_of_range(tiny, index):
         token_influence(handle, PROMPT_IDS, GENERATED_IDS, output_index=index)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "influence.token_influence: with no generated tokens the message reads 'the run generated tokens "
-    "0--1' instead of saying that the run generated none"))
 def test_no_generated_tokens_is_said_plainly(tiny):
     handle = tiny.make_handle("llama")
     with pytest.raises(BadInput) as info:
