@@ -162,3 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# ---- governance: quarantine, om, webhook (defined in governance_cli.py) ----------------------
+from .governance_cli import COMMANDS as _GOVERNANCE_COMMANDS  # noqa: E402
+
+COMMANDS.extend(_GOVERNANCE_COMMANDS)
