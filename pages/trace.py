@@ -49,9 +49,11 @@ for message in (*result.warnings, *run.notes):
     st.warning(message)
 
 backend, fidelity, depth, masked = st.columns(4)
-backend.metric("Backend", f"transformers · {handle.device.type} · {ui.short_dtype(handle)}", border=True)
+backend.metric("Backend", f"{handle.device.type} · {ui.short_dtype(handle)}", border=True,
+              help=f"Hugging Face transformers on {handle.device} with {ui.short_dtype(handle)} weights")
 fidelity.metric("Trace fidelity", f"{result.fidelity.token_agreement:.0%}",
-                delta=f"max logit diff {result.fidelity.max_logit_diff:.1e}", delta_color="off", border=True,
+                delta=f"max logit diff {result.fidelity.max_logit_diff:.1e}", delta_color="off", delta_arrow="off",
+                border=True,
                 help="Share of generated tokens that an untraced re-run (same masks, no capture hooks) "
                      f"also picks; max logit diff = {result.fidelity.max_logit_diff:.3g}")
 depth.metric("Lineage depth", result.thought_path.depth, border=True,
@@ -72,7 +74,8 @@ token_label = lambda i: f"{i}: {ui.show_token(result.generated_tokens[i])} (p={r
 st.subheader("Head activity")
 step = st.selectbox("Activity of", [None, *outputs], key="trace_activity_step",
                     format_func=lambda s: "mean over generated tokens" if s is None else f"token {token_label(s)}")
-st.altair_chart(ui.activity_heatmap(ui.activity_frame(result, step)), key="trace_activity_chart")
+with st.container(key="trace_activity_chart_box"):  # st-key-* handle for browser tests
+    st.altair_chart(ui.activity_heatmap(ui.activity_frame(result, step)), key="trace_activity_chart")
 st.caption(f"Activity: {result.activity_method}. Masked heads read 0.")
 
 st.subheader("Attention of one head")
@@ -85,7 +88,8 @@ try:
     with st.spinner("Computing the attention pattern …"):
         matrix = ui.head_attention(handle, result, output, layer, head)
     tokens = result.prompt_tokens + result.generated_tokens[:output]
-    st.altair_chart(ui.attention_heatmap(matrix, tokens), key="trace_attention_chart")
+    with st.container(key="trace_attention_chart_box"):
+        st.altair_chart(ui.attention_heatmap(matrix, tokens), key="trace_attention_chart")
     st.caption(f"Attention probabilities of L{layer}.H{head}, recomputed in one forward pass over the prompt and the "
                f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
                "position that predicted that token (the trace records that row for every head).")
@@ -94,8 +98,10 @@ except SynapseError as exc:
 
 st.subheader("Thought path")
 nodes, edges, config = ui.path_graph(result)
-agraph(nodes=nodes, edges=edges, config=config)
-st.caption(f"The most active head of each layer, chained. Node size: activity. Edges: {result.thought_path.edge_method}.")
+with st.container(key="trace_path_graph_box"):
+    agraph(nodes=nodes, edges=edges, config=config)
+st.caption("The most active head of each layer, chained. Node size: activity; edge labels: weight and kind. "
+           f"Edges: {result.thought_path.edge_method}.")
 st.dataframe(ui.path_table(result), key="trace_path_table", hide_index=True)
 
 st.subheader("Token influence")
@@ -103,7 +109,8 @@ target = st.selectbox("Generated token to explain", outputs, format_func=token_l
 try:
     with st.spinner("Computing token influence …"):
         influence = ui.influence(handle, result, target)
-    st.altair_chart(ui.influence_bars(influence), key="trace_influence_chart")
+    with st.container(key="trace_influence_chart_box"):
+        st.altair_chart(ui.influence_bars(influence), key="trace_influence_chart")
     st.caption(f"Influence: {influence.method}. log p({ui.show_token(influence.output_token)}) = "
                f"{influence.log_prob:.3f}, masks of the run in force.")
 except SynapseError as exc:

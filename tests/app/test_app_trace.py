@@ -1,6 +1,8 @@
 """The Trace page on the real bundled model, driven by widget keys."""
 import json
 
+from streamlit.proto.Metric_pb2 import Metric as MetricProto
+
 import ui
 from app_helpers import PROMPT, chart_frames, metrics, run_trace, trace_page
 
@@ -13,7 +15,12 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert shown["Trace fidelity"] == "100%"
     assert shown["Masked heads"] == "0"
     assert shown["Lineage depth"] == "31"  # 30 layers: ingress -> 30 heads -> egress
-    assert shown["Backend"] == "transformers · cpu · float32"
+    assert shown["Backend"] == "cpu · float32"  # short enough not to be cut off in its card
+    backend = next(m for m in at.metric if m.label == "Backend")
+    assert "transformers" in backend.proto.help
+    fidelity = next(m for m in at.metric if m.label == "Trace fidelity")
+    assert fidelity.proto.delta.startswith("max logit diff")
+    assert fidelity.proto.direction == MetricProto.MetricDirection.NONE  # no arrow: a diff size is not a rise
     key = at.session_state[ui.TRACE_RUN].key
     assert not at.success and at.caption[0].value == f"Computed and stored · key `{key}`"
 
@@ -24,9 +31,24 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert attention["query"].nunique() == n_prompt
     assert attention.groupby("query")["attention"].sum().round(4).eq(1).all()
     assert len(influence) == n_prompt
-    graph = json.loads(json.loads(at.get("component_instance")[0].proto.json_args)["data"])
-    assert graph["nodes"][0]["id"] == "Prompt_Ingress" and graph["nodes"][-1]["id"] == "Response_Egress"
-    assert len(graph["edges"]) == 31 and all(e["label"] for e in graph["edges"])
+    # every row of the three charts keeps its label: 18 px a row, no overlap thinning
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    for spec, n_rows in zip(specs, (30, n_prompt, n_prompt), strict=True):
+        assert spec["encoding"]["y"]["axis"]["labelOverlap"] is False
+        assert spec["height"] >= 18 * n_rows
+    args = json.loads(at.get("component_instance")[0].proto.json_args)
+    graph, config = json.loads(args["data"]), json.loads(args["config"])
+    nodes = graph["nodes"]
+    assert nodes[0]["id"] == "Prompt_Ingress" and nodes[-1]["id"] == "Response_Egress"
+    assert all(n["label"] == n["id"] for n in nodes)  # every node labelled, e.g. "L12.H3"
+    assert len(graph["edges"]) == 31
+    assert all(e["label"].split()[-1] in {"q", "k", "v", "share"} for e in graph["edges"])  # "0.05 v"
+    # fixed positions on a few rows (not one 32-node line squeezed into the box), physics off
+    assert not config["physics"]["enabled"] and 500 <= int(config["height"].removesuffix("px")) <= 700
+    assert len({n["y"] for n in nodes}) == 4 and len({n["x"] for n in nodes}) == 8
+    assert len({(n["x"], n["y"]) for n in nodes}) == len(nodes)
+    heads = nodes[1:-1]
+    assert 10 <= min(n["size"] for n in heads) < max(n["size"] for n in heads) <= 24
     assert len(at.get("download_button")) == 3
 
     at.button(key="trace_run_button").click().run()

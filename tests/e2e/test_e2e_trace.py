@@ -23,6 +23,14 @@ def run_trace(app, prompt: str, max_new_tokens: int = 4) -> None:
     app.wait_idle(RUN_MS)
 
 
+def shown_axis_labels(chart, axis: str) -> list[str]:
+    """The labels vega drew on one axis ("X-axis" or "Y-axis") of `chart`, leaving out any it hid
+    because they would overlap (vega keeps those in the SVG with opacity 0)."""
+    return chart.locator(f'g[aria-label^="{axis}"] g.role-axis-label text').evaluate_all(
+        "texts => texts.filter(t => getComputedStyle(t).opacity !== '0' && t.getAttribute('opacity') !== '0')"
+        ".map(t => t.textContent.trim())")
+
+
 def test_home_page_says_what_the_app_does_and_shows_the_model(app):
     app.open_home()
     expect(app.main.get_by_role("heading", name="Synapse", exact=True)).to_be_visible()
@@ -51,22 +59,37 @@ def test_trace_a_prompt_shows_paris_full_fidelity_and_every_view(app):
     expect(app.metric("Lineage depth")).to_have_text("31")  # 30 layers: ingress -> 30 heads -> egress
     expect(main).to_contain_text("Computed and stored · key")
 
-    # The layer x head heatmap: vega-embed drew it with a real size, one cell per head (30 x 9).
-    # (st.altair_chart's key= adds no st-key-* class, so the chart is found by its axis titles.)
-    heatmap = main.get_by_test_id("stVegaLiteChart").filter(has_text="layer").filter(has_text="activity")
+    # The layer x head heatmap: vega-embed drew it with a real size, one cell per head (30 x 9),
+    # and a label on every layer row (none thinned out for overlap).
+    heatmap = main.locator(".st-key-trace_activity_chart_box").get_by_test_id("stVegaLiteChart")
     expect(heatmap).to_have_count(1)
     drawing = heatmap.locator("svg, canvas").first
     expect(drawing).to_be_visible()
     box = drawing.bounding_box()
     assert box is not None and box["width"] > 100 and box["height"] > 100, box
     expect(heatmap.locator("g.mark-rect.role-mark path")).to_have_count(30 * 9)
+    assert shown_axis_labels(heatmap, "Y-axis") == [str(layer) for layer in range(29, -1, -1)]
 
-    # The thought path: streamlit-agraph's iframe, with vis-network's canvas drawn inside it.
-    graph = main.locator('iframe[title="streamlit_agraph.agraph"]')
+    # One head's attention: a row and a label for every token of the prompt.
+    attention = main.locator(".st-key-trace_attention_chart_box").get_by_test_id("stVegaLiteChart")
+    expect(attention.locator("svg").first).to_be_visible()
+    rows = shown_axis_labels(attention, "Y-axis")
+    assert len(rows) == 9 and rows[0].endswith("The") and rows[-1].endswith("of"), rows
+
+    influence = main.locator(".st-key-trace_influence_chart_box").get_by_test_id("stVegaLiteChart")
+    expect(influence.locator("svg").first).to_be_visible()
+    assert shown_axis_labels(influence, "Y-axis") == rows
+
+    # The thought path: streamlit-agraph's iframe, with vis-network's canvas drawn inside it, tall
+    # enough for its rows of labelled nodes (vis-network draws labels on the canvas: see the screenshot).
+    graph = main.locator(".st-key-trace_path_graph_box iframe")
     expect(graph).to_be_visible()
     box = graph.bounding_box()
-    assert box is not None and box["width"] > 100 and box["height"] > 100, box
-    expect(graph.content_frame.locator("canvas").first).to_be_visible()
+    assert box is not None and box["width"] > 600 and box["height"] > 500, box
+    canvas = graph.content_frame.locator("canvas").first
+    expect(canvas).to_be_visible()
+    inner = canvas.bounding_box()
+    assert inner is not None and inner["width"] <= box["width"] + 1, (inner, box)  # not wider than its frame
 
     expect(main.get_by_role("button", name="Trace (JSON)")).to_be_visible()
     expect(main.get_by_test_id("stAlertContentError")).to_have_count(0)
