@@ -168,3 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 from .governance_cli import COMMANDS as _GOVERNANCE_COMMANDS  # noqa: E402
 
 COMMANDS.extend(_GOVERNANCE_COMMANDS)
+
+# ---- ablate, sweep (defined in cli_ablate.py) ------------------------------------------------
+from .cli_ablate import COMMANDS as _ABLATE_COMMANDS  # noqa: E402
+
+COMMANDS.extend(_ABLATE_COMMANDS)
