@@ -173,3 +173,8 @@ COMMANDS.extend(_GOVERNANCE_COMMANDS)
 from .cli_ablate import COMMANDS as _ABLATE_COMMANDS  # noqa: E402
 
 COMMANDS.extend(_ABLATE_COMMANDS)
+
+# ---- discover (defined in cli_discover.py) ---------------------------------------------------
+from .cli_discover import COMMANDS as _DISCOVER_COMMANDS  # noqa: E402
+
+COMMANDS.extend(_DISCOVER_COMMANDS)
