@@ -169,16 +169,16 @@ def _causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     return torch.arange(k_len, device=device)[None, :] <= q_pos  # (q_pos, k_pos), True = attend
 
 
-def eager_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, fns=()):
-    """Attention computed explicitly so its probabilities can be read and edited.
+def attention_probs(query, key, attention_mask, scaling=None, softcap=None) -> torch.Tensor:
+    """Softmax attention probabilities, computed explicitly.
 
-    query (batch, head, q_pos, d_head); key, value (batch, kv_head, k_pos, d_head).
-    Returns output (batch, q_pos, head, d_head) and probabilities (batch, head, q_pos, k_pos).
+    query (batch, head, q_pos, d_head); key (batch, kv_head, k_pos, d_head); attention_mask None
+    (plain causal, queries being the last q_pos keys), boolean (True = attend) or additive, its
+    last two dims (q_pos, k_pos). Returns (batch, head, q_pos, k_pos).
     """
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
@@ -190,30 +190,27 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, sof
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     else:
         scores = scores + attention_mask[..., : key.shape[2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = _apply(fns, probs)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, fns=()):
+    """Attention computed explicitly so its probabilities can be read and edited.
+
+    query (batch, head, q_pos, d_head); key, value (batch, kv_head, k_pos, d_head).
+    Returns output (batch, q_pos, head, d_head) and probabilities (batch, head, q_pos, k_pos).
+    """
+    probs = _apply(fns, attention_probs(query, key, attention_mask, scaling, softcap))
+    groups = query.shape[1] // value.shape[1]
+    if groups > 1:
+        value = value.repeat_interleave(groups, dim=1)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
     return out, probs
 
 
 def last_row_probs(query, key, attention_mask, scaling=None, softcap=None) -> torch.Tensor:
     """Attention probabilities of the last query position only: (batch, head, 1, k_pos)."""
-    q = query[:, :, -1:]
-    groups = q.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-    if scaling is None:
-        scaling = q.shape[-1] ** -0.5
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is not None:  # None: the last query sees every key
-        row = attention_mask[..., -1:, : key.shape[2]]
-        if row.dtype == torch.bool:
-            scores = scores.masked_fill(~row, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + row
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    row = None if attention_mask is None else attention_mask[..., -1:, :]
+    return attention_probs(query[:, :, -1:], key, row, scaling, softcap)
 
 
 def synapse_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
