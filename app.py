@@ -12,6 +12,7 @@ PAGES = {
     "ablate": st.Page("pages/ablate.py", title="Ablate", icon="✂️"),
     "discover": st.Page("pages/discover.py", title="Discover", icon="🧭"),
     "governance": st.Page("pages/governance.py", title="Governance", icon="🛡️"),
+    "history": st.Page("pages/history.py", title="History", icon="🗂️"),
 }
 
 
@@ -20,7 +21,8 @@ def home():
     st.markdown(
         "Synapse lets you look inside a language model while it writes: which attention heads were "
         "active for each token, where they looked, and what changes when you switch heads off. "
-        "Everything runs on the model picked in the sidebar; head masks typed there apply to every page."
+        "Everything runs on the model picked in the sidebar, with its quarantined heads masked (unless you "
+        "ask for the raw model there); head masks typed there apply to every page too."
     )
     st.page_link(PAGES["trace"], label="**Trace**: generate from a prompt and see which heads were active, "
                  "their attention, the path through the layers and which tokens drove each output.")
@@ -66,21 +68,46 @@ def mask_sidebar(handle):
                   help="LAYER.HEAD, comma-separated. Masked heads are switched off on every page in this session.")
     st.selectbox("Mask level", MASK_LEVELS, key=ui.MASK_LEVEL,
                  help="projection: zero the head's output; attention: zero its attention probabilities; both")
+    st.header("Masks in force")
+    st.toggle("Use raw model (ignore quarantine)", key=ui.RAW_MODEL,
+              help="Runs in this session skip the model's stored quarantine; session masks still apply.")
     if handle is None:
         return
     try:
-        masks = ui.session_masks(handle)
+        quarantine, session = ui.quarantine_masks(handle), ui.session_masks(handle)
     except SynapseError as exc:
         ui.show_error(exc)
         return
-    if masks:
-        st.markdown("In force: " + ", ".join(f"`{m.layer}.{m.head}` ({m.level})" for m in masks))
+    lines = [f"{name}: " + ", ".join(f"`{m.layer}.{m.head}` ({m.level})" for m in masks)
+             for name, masks in (("quarantine", quarantine), ("session", session)) if masks]
+    if lines:
+        st.markdown("  \n".join(lines))
     else:
         st.caption("No heads masked.")
+    if st.session_state.get(ui.RAW_MODEL):
+        st.caption("Raw model: the stored quarantine is not applied.")
+
+
+def governance_sidebar(handle):
+    st.header("Governance")
+    st.text_input("Your name", key=ui.USER_NAME, placeholder="e.g. alice",
+                  help="Recorded as the author of the quarantine changes you make in this browser session.")
+    if handle is None:
+        return
+    try:
+        status = ui.governance_status(ui.governance(handle))
+    except SynapseError as exc:  # a wrongly configured server, e.g. a host that is not a URL
+        ui.show_error(exc)
+        return
+    if status.error:
+        st.warning(ui.connection_text(status))
+    else:
+        st.caption(ui.connection_text(status))
 
 
 with st.sidebar:
     current = model_sidebar()
     mask_sidebar(current)
+    governance_sidebar(current)
 
 st.navigation([st.Page(home, title="Home", icon="🏠", default=True), *PAGES.values()]).run()

@@ -304,3 +304,164 @@ def step_activity_csv(result: TraceResult) -> str:
 
 def show_error(exc: SynapseError) -> None:
     st.error(str(exc))
+
+
+# ---------------------------------------------------------------- governance: the quarantine in force
+# Every run applies the model's stored quarantine unless this session asked for the raw model; the
+# sidebar shows what is in force and where the quarantine is governed (embedded or OpenMetadata).
+from dataclasses import asdict  # noqa: E402  (this section's imports, kept with it)
+from pathlib import Path  # noqa: E402
+
+from synapse_core.governance import Governance, GovernanceStatus  # noqa: E402
+from synapse_core.maskstore import MaskStore  # noqa: E402
+from synapse_core.omconfig import OMConfig, config_from_secrets  # noqa: E402
+
+USER_NAME = "governance_user_name"  # sidebar text input: who makes quarantine changes (recorded as `by`)
+RAW_MODEL = "use_raw_model"  # sidebar toggle: ignore the stored quarantine (session masks still apply)
+LAST_DISCOVERY = "last_discovery"  # the Discover page's last result; .heads ordered by verified effect
+GOV_REPORT = "governance_report"  # (st function name, message) of the Governance page's last action
+GOV_VERIFY = "governance_verify"  # the Verification the Governance page shows
+STATUS_TTL_S = 30  # a server's "are you there?" answer is reused this long across reruns
+
+
+def om_config() -> OMConfig | None:
+    """The OpenMetadata server of .streamlit/secrets.toml or the environment; None: embedded mode.
+    BadInput when one is configured wrongly (a host that is not a URL, no token)."""
+    return config_from_secrets(st.secrets)
+
+
+def user_name() -> str | None:
+    return (st.session_state.get(USER_NAME) or "").strip() or None
+
+
+def governance(handle) -> Governance:
+    """The loaded model's quarantine, changes recorded as this session's user. Built per call, not
+    cached: it opens no connection, and the user and the configuration may change between reruns."""
+    return Governance(handle, om_config(), user=user_name())
+
+
+@st.cache_data(ttl=STATUS_TTL_S, show_spinner=False)
+def _status(server: str, fingerprint: str, _gov: Governance) -> GovernanceStatus:
+    return _gov.status()
+
+
+def governance_status(gov: Governance) -> GovernanceStatus:
+    """Where the quarantine is governed; the server is asked at most once per STATUS_TTL_S, so read
+    the counts from gov.masks() / gov.pending(), not from here."""
+    if not gov.config:  # embedded: nothing to ask, and its message counts the heads
+        return gov.status()
+    return _status(gov.config.server, gov.identity.fingerprint, gov)
+
+
+def refresh_status() -> None:
+    """Ask the server again on the next rerun (after a change, a bootstrap or a sync)."""
+    _status.clear()
+
+
+def connection_text(status: GovernanceStatus) -> str:
+    if status.mode == "embedded":
+        return "Embedded: the quarantine lives in this machine's mask store."
+    if status.connected:
+        return f"OpenMetadata {status.server_version} at {status.server}"
+    return status.error  # the client's message names the server and what to check
+
+
+def quarantine_masks(handle) -> tuple[HeadMask, ...]:
+    """The model's stored quarantine, or () when this session asked for the raw model."""
+    if st.session_state.get(RAW_MODEL):
+        return ()
+    return tuple(MaskStore().masks(handle))
+
+
+def masks_in_force(handle) -> tuple[HeadMask, ...]:
+    """What every run of this session applies: the stored quarantine (unless the raw-model toggle is
+    on) and the session masks. A head in both at different levels is masked at "both", so it counts
+    once. SynapseError when a mask does not fit the model."""
+    levels: dict[tuple[int, int], str] = {}
+    for m in (*quarantine_masks(handle), *session_masks(handle)):
+        old = levels.get((m.layer, m.head))
+        levels[(m.layer, m.head)] = m.level if old in (None, m.level) else "both"
+    return normalize_masks([HeadMask(l, h, level) for (l, h), level in levels.items()], handle.arch)
+
+
+def experiment_url(key: str | None) -> str | None:
+    """A link that reopens a stored experiment, when the Ablate page reads `?experiment=`; else None."""
+    page = Path(__file__).parent / "pages" / "ablate.py"
+    if key and page.exists() and "query_params" in page.read_text():
+        return f"ablate?experiment={key}"
+    return None
+
+
+MASK_COLUMNS = ["head", "level", "reason", "experiment", "effect", "prompt", "target", "at", "by", "source"]
+
+
+def mask_table(entries, links: bool = True) -> pd.DataFrame:
+    """The quarantine with its evidence; `experiment` a link when its page exists (and links)."""
+    rows = [{**{c: getattr(e, c) for c in MASK_COLUMNS if c != "head"}, "head": e.short,
+             "experiment": (experiment_url(e.experiment) if links else None) or e.experiment} for e in entries]
+    return pd.DataFrame(rows, columns=MASK_COLUMNS)
+
+
+def experiment_column():
+    """Column config of mask_table's `experiment`: a link showing the hash, or the hash."""
+    if experiment_url("0" * 16):
+        return st.column_config.LinkColumn("experiment", display_text=r"experiment=(\w+)")
+    return st.column_config.TextColumn("experiment")
+
+
+def audit_table(records) -> pd.DataFrame:
+    """The audit log, newest first."""
+    return pd.DataFrame([{**asdict(r), "heads": ", ".join(r.heads)} for r in reversed(records)],
+                        columns=["at", "by", "action", "heads", "reason", "experiment", "source", "detail"])
+
+
+def records_json(records) -> str:
+    return json.dumps([asdict(r) for r in records], indent=2)
+
+
+def catalog_table(rows) -> pd.DataFrame:
+    """The embedded catalog: one row per column of every table, DEFECTIVE tags shown."""
+    return pd.DataFrame([{"table": r.table, "column": r.column, "type": r.data_type, "tags": ", ".join(r.tags),
+                          "level": r.level, "reason": r.reason, "description": r.description} for r in rows])
+
+
+def report_message(report) -> tuple[str, str]:
+    """(st function name, message) for a ChangeReport, a SyncReport or a BootstrapReport (which has
+    no message of its own; its class lives in the SDK-importing module, hence no isinstance)."""
+    if hasattr(report, "edges"):
+        text = (f"Catalog bootstrapped: {len(report.created)} created, {len(report.updated)} updated, "
+                f"{report.unchanged} unchanged, {report.edges} lineage edge(s); {report.delivered} outbox "
+                "change(s) sent.")
+        if report.error:
+            text += f" {report.pending} change(s) still wait in the outbox: {report.error}."
+    else:
+        text = report.message
+    return ("warning" if getattr(report, "error", None) else "success"), text
+
+
+@dataclass(frozen=True)
+class DiscoveredHead:
+    """The top head of the last discovery, with the evidence a quarantine records."""
+
+    head: str  # "L.H"
+    effect: str  # e.g. "logit_diff -2.310 when ablated"
+    prompt: str | None
+    target: str | None
+    experiment: str | None  # the discovery's stored hash, when it has one
+
+
+def top_discovered(found) -> DiscoveredHead | None:
+    """The first of `found.heads` (ordered by verified effect); `found` may wrap its result (.result, .key)."""
+    result = getattr(found, "result", found)
+    heads = getattr(result, "heads", None) or ()
+    if not heads:
+        return None
+    top = heads[0]
+    case = (getattr(result, "cases", None) or (None,))[0]
+    effect = getattr(top, "verified_effect", None)
+    metric = getattr(result, "metric", "metric")
+    return DiscoveredHead(
+        f"{top.layer}.{top.head}",
+        f"{metric} {effect:+.3f} when ablated" if effect is not None else "top head of the discovery",
+        getattr(case, "prompt", None), getattr(case, "target", None), getattr(found, "key", None))
+

@@ -20,7 +20,7 @@ with st.expander("Sampling (default: greedy)"):
 if st.button("Run", key="trace_run_button", type="primary"):
     bar = st.progress(0.0, text="starting")
     try:
-        masks = ui.session_masks(handle)
+        masks = ui.masks_in_force(handle)
         sampling = Sampling(temperature=float(temperature), top_k=int(top_k), seed=int(seed))
         st.session_state[ui.TRACE_RUN] = ui.run_trace(
             handle, prompt, int(max_new), masks, sampling,

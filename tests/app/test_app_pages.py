@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 import ui
 from app_helpers import ROOT, TIMEOUT, app
 
-PLACEHOLDERS = ["pages/ablate.py", "pages/discover.py", "pages/governance.py"]
+PLACEHOLDERS = ["pages/ablate.py", "pages/discover.py"]
 
 
 def test_app_loads_default_model_and_lists_pages():
@@ -15,10 +15,11 @@ def test_app_loads_default_model_and_lists_pages():
     status = at.sidebar.markdown[0].value
     assert "SmolLM2-135M-Instruct" in status and "30 layers × 9 heads" in status and "cpu · float32" in status
     assert len(at.get("page_link")) == 4
-    assert [c.value for c in at.sidebar.caption] == ["No heads masked."]
+    assert [c.value for c in at.sidebar.caption] == [
+        "No heads masked.", "Embedded: the quarantine lives in this machine's mask store."]
 
 
-@pytest.mark.parametrize("page", ["pages/trace.py", *PLACEHOLDERS])
+@pytest.mark.parametrize("page", ["pages/trace.py", "pages/governance.py", *PLACEHOLDERS])
 def test_each_page_runs_inside_the_app(page):
     at = app().switch_page(page).run()
     assert not at.exception
@@ -34,8 +35,9 @@ def test_placeholder_pages_run_on_their_own_and_say_what_is_coming(page):
     assert "This page will" in at.markdown[0].value
 
 
-def test_trace_page_on_its_own_asks_for_a_model():
-    at = AppTest.from_file(str(ROOT / "pages/trace.py"), default_timeout=TIMEOUT).run()
+@pytest.mark.parametrize("page", ["pages/trace.py", "pages/governance.py"])
+def test_page_on_its_own_asks_for_a_model(page):
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "ran without Synapse's sidebar" in at.info[0].value
     assert not at.button  # stopped before any widget
