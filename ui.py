@@ -465,3 +465,28 @@ def top_discovered(found) -> DiscoveredHead | None:
         f"{metric} {effect:+.3f} when ablated" if effect is not None else "top head of the discovery",
         getattr(case, "prompt", None), getattr(case, "target", None), getattr(found, "key", None))
 
+
+# ---------------------------------------------------------------- ablate & history: experiments
+# Ablations, sweeps and prompt sets run through the same ResultStore as traces: the same experiment
+# twice is answered from disk, and the History page lists, reopens and deletes what is stored there.
+from synapse_core import experiments as _experiments  # noqa: E402
+
+ABLATE_RUN = "ablate_run"  # the single-prompt Experiment the Ablate page shows
+ABLATE_SWEEP = "ablate_sweep"  # the sweep Experiment the Ablate page shows
+ABLATE_PROMPTSET = "ablate_promptset"  # the prompt-set Experiment the Ablate page shows
+HISTORY_CONFIRM = "history_confirm_delete"  # hash of the experiment the History page asks to confirm deleting
+HISTORY_REPORT = "history_report"  # message of the History page's last delete, shown once
+
+
+def experiment_store() -> ResultStore:
+    return result_store(str(settings.subdir("results")))
+
+
+def run_experiment(handle, config, progress) -> _experiments.Experiment:
+    """Run (or answer from the store) an ablation, sweep or prompt-set config."""
+    return _experiments.run_experiment(handle, config, experiment_store(), progress=progress)
+
+
+def open_experiment(key: str) -> _experiments.Experiment | None:
+    """The stored experiment of a `?experiment=` id; None when absent, StoreError when unreadable."""
+    return _experiments.load_experiment(experiment_store(), key)

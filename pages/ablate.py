@@ -1,13 +1,136 @@
-"""Ablate: switch components off and measure what changes. Placeholder until the engine's
-ablation runner lands."""
+"""Ablate: intervene on one component (zero, mean, patch, steer) and measure what changes at the next
+token; sweep the operation over every head or layer; evaluate it over a prompt set. Every run is a
+stored experiment; its share link `?experiment=<hash>` opens it here."""
 import streamlit as st
 
+import ui
+import ui_ablate
+from synapse_core.errors import SynapseError
+from synapse_core.experiments import ablation_config, promptset_config, sweep_config
+from synapse_core.interventions import parse_positions
+from synapse_core.metrics import METRIC_LABELS, METRICS, resolve_target
+from synapse_core.spec import OPS, TARGET_SITES
+from synapse_core.sweep import LAYER_SITES
+
 st.title("Ablate")
-st.info("Coming soon: ablation runs are not built yet.", icon="🚧")
-st.markdown(
-    "This page will switch chosen components off (one attention head, a whole attention block, an MLP "
-    "block or the residual stream at a layer; by zeroing, mean-ablating or patching from another prompt) "
-    "and show how the output changes: the generated text beside the unablated run, the change in the "
-    "probability of a target token, and a sweep over every head ranked by its effect."
-)
-st.markdown("Until then, heads masked in the sidebar already apply to every run on the **Trace** page.")
+
+shared = st.query_params.get("experiment")
+if shared:  # a share link: show the stored result first (it needs no model)
+    st.subheader("Shared experiment")
+    try:
+        found = ui.open_experiment(shared)
+        if found is None:
+            st.error(f"No experiment {shared} is stored here: it was deleted, or made on another machine.")
+        else:
+            ui_ablate.show_experiment(found, "ablate_shared")
+    except SynapseError as exc:
+        ui.show_error(exc)
+    if st.button("Close the shared experiment", key="ablate_shared_close"):
+        del st.query_params["experiment"]
+        st.rerun()
+    st.divider()
+
+handle = ui.require_model()
+
+st.subheader("Intervention")
+site_col, what_col, op_col, pos_col = st.columns(4)
+site = site_col.selectbox("Component", TARGET_SITES, format_func=ui_ablate.SITE_LABELS.get, key="ablate_site")
+heads, layer = "", 0
+if site == "attn.head":
+    heads = what_col.text_input("Heads (LAYER.HEAD)", key="ablate_heads", placeholder="e.g. 9.6, 10.0",
+                                help="Several heads are intervened on together.")
+else:
+    layer = what_col.number_input("Layer", min_value=0, max_value=handle.arch.n_layers - 1, key="ablate_layer")
+op = op_col.selectbox("Operation", OPS, format_func=ui_ablate.OP_LABELS.get, key="ablate_op")
+positions = pos_col.text_input("Positions", value="all", key="ablate_positions",
+                               help="all, last, or token positions such as 0, 3, -1")
+reference = source = plus = minus = ""
+scale = 1.0
+if op == "mean":
+    reference = st.text_area("Reference prompts, one a line (empty: the default set shipped with Synapse)",
+                             key="ablate_reference")
+elif op == "patch":
+    source = st.text_area("Source prompt: the component's activation is copied from its run", key="ablate_source")
+elif op == "steer":
+    plus_col, minus_col, scale_col = st.columns([2, 2, 1])
+    plus = plus_col.text_input("Direction: towards this prompt", key="ablate_steer_plus")
+    minus = minus_col.text_input("… away from this prompt", key="ablate_steer_minus")
+    scale = scale_col.number_input("Scale", value=1.0, step=0.5, key="ablate_steer_scale")
+
+st.subheader("Prompt")
+prompt = st.text_area("Prompt", key="ablate_prompt",
+                      placeholder="When Mary and John went to the store, John gave a drink to")
+target_col, contrast_col, metric_col = st.columns(3)
+target = target_col.text_input("Target token", key="ablate_target", placeholder="' Mary': mind the leading space")
+contrast = contrast_col.text_input("Contrast token (optional)", key="ablate_contrast", placeholder="' John'")
+metric = metric_col.selectbox("Metric of sweeps and prompt sets", ["auto", *METRICS], key="ablate_metric",
+                              format_func=lambda m: "logit diff with a contrast, else log p" if m == "auto"
+                              else METRIC_LABELS[m])
+metric = None if metric == "auto" else metric
+if target:
+    try:
+        t = resolve_target(handle, target, contrast or None)
+        st.caption(f"Scored on token `{ui.show_token(t.token)}` ({t.id})" + (
+            f" against `{ui.show_token(t.contrast_token)}` ({t.contrast_id})" if t.has_contrast else ""))
+        if t.warnings:  # several tokens, or a leading space that changes the token: shown with both spellings
+            st.warning("  \n".join(t.warnings))
+    except SynapseError as exc:
+        ui.show_error(exc)
+
+
+def chosen():
+    """The interventions the form describes (SynapseError when it is incomplete)."""
+    return ui_ablate.interventions(site, heads, layer, op, positions, source)
+
+
+def masks_settings():
+    return ui.masks_in_force(handle), ui_ablate.op_settings(op, reference, plus, minus, scale)
+
+
+def run(state_key: str, make_config) -> None:
+    """Build the config and run it through the store, with a progress bar; errors shown, never kept."""
+    bar = st.progress(0.0, text="starting")
+    try:
+        st.session_state[state_key] = ui.run_experiment(
+            handle, make_config(), progress=lambda done, total, msg: bar.progress(min(done / total, 1.0), text=msg))
+    except SynapseError as exc:
+        st.session_state.pop(state_key, None)
+        ui.show_error(exc)
+    finally:
+        bar.empty()
+
+
+def show(state_key: str, prefix: str) -> None:
+    exp = st.session_state.get(state_key)
+    if exp is not None and exp.config.fingerprint != handle.fingerprint:
+        st.info(f"The last run was made with {exp.config.model}, not the loaded model: run it again.")
+    elif exp is not None:
+        ui_ablate.show_experiment(exp, prefix)
+
+
+if st.button("Run", key="ablate_run_button", type="primary"):
+    run(ui.ABLATE_RUN, lambda: ablation_config(handle, prompt, target, chosen(), contrast or None, *masks_settings()))
+show(ui.ABLATE_RUN, "ablate_result")
+
+st.subheader("Sweep")
+st.caption("The operation above applied to every head, or to each site of every layer, one at a time: a causal map.")
+kind_col, sites_col = st.columns([1, 2])
+over = kind_col.radio("Sweep over", ["heads", "layers"], key="ablate_sweep_over", horizontal=True,
+                      format_func={"heads": "every head", "layers": "every layer"}.get)
+sites = sites_col.multiselect("Layer sites", LAYER_SITES, default=list(LAYER_SITES), key="ablate_sweep_sites",
+                              format_func=ui_ablate.SITE_LABELS.get, disabled=over == "heads")
+sites = ("attn.head",) if over == "heads" else tuple(sites)
+if st.button("Sweep", key="ablate_sweep_button"):
+    run(ui.ABLATE_SWEEP, lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,
+                                              parse_positions(positions), source or None, metric, *masks_settings()))
+show(ui.ABLATE_SWEEP, "ablate_sweep")
+
+st.subheader("Prompt set")
+st.caption("The intervention above over many prompts: clean vs intervened for each, and the aggregate.")
+lines = st.text_area('One `prompt | target | contrast` per line (contrast optional; quote a field to keep its '
+                     'spaces: " Mary")', key="ablate_promptset_text")
+upload = st.file_uploader("… or a CSV with columns prompt, target, contrast", type="csv", key="ablate_promptset_csv")
+if st.button("Run on the prompt set", key="ablate_promptset_button"):
+    run(ui.ABLATE_PROMPTSET, lambda: promptset_config(handle, ui_ablate.prompt_cases(lines, upload), chosen(),
+                                                      *masks_settings(), metric=metric))
+show(ui.ABLATE_PROMPTSET, "ablate_promptset")
