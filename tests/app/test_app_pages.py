@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 import ui
 from app_helpers import ROOT, TIMEOUT, app
 
-PLACEHOLDERS = ["pages/ablate.py", "pages/discover.py"]
+PAGES = ["pages/trace.py", "pages/ablate.py", "pages/discover.py", "pages/governance.py"]
 
 
 def test_app_loads_default_model_and_lists_pages():
@@ -19,7 +19,7 @@ def test_app_loads_default_model_and_lists_pages():
         "No heads masked.", "Embedded: the quarantine lives in this machine's mask store."]
 
 
-@pytest.mark.parametrize("page", ["pages/trace.py", "pages/governance.py", *PLACEHOLDERS])
+@pytest.mark.parametrize("page", [*PAGES, "pages/history.py"])
 def test_each_page_runs_inside_the_app(page):
     at = app().switch_page(page).run()
     assert not at.exception
@@ -27,15 +27,7 @@ def test_each_page_runs_inside_the_app(page):
     assert "SmolLM2-135M-Instruct" in at.sidebar.markdown[0].value  # the sidebar is on every page
 
 
-@pytest.mark.parametrize("page", PLACEHOLDERS)
-def test_placeholder_pages_run_on_their_own_and_say_what_is_coming(page):
-    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
-    assert not at.exception and not at.error
-    assert at.info[0].value.startswith("Coming soon")
-    assert "This page will" in at.markdown[0].value
-
-
-@pytest.mark.parametrize("page", ["pages/trace.py", "pages/governance.py"])
+@pytest.mark.parametrize("page", PAGES)
 def test_page_on_its_own_asks_for_a_model(page):
     at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
     assert not at.exception
