@@ -117,7 +117,7 @@ def _sweep_args(p):
     _common_args(p)
     p.add_argument("--over", default="heads", choices=("heads", "layers"),
                    help="heads (default): every head; layers: every layer's attn, mlp and resid")
-    p.add_argument("--batch-rows", type=int, default=None, help="interventions per forward pass (default 18)")
+    p.add_argument("--batch-rows", type=int, default=None, help="interventions per forward pass (default 54)")
     p.add_argument("--progress", action="store_true", help="print progress on stderr")
 
 

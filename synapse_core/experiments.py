@@ -213,7 +213,11 @@ def delete_experiment(store: ResultStore, key: str) -> bool:
 
 
 def headline(exp: Experiment) -> str:
+    """The main number(s) of a result, for a History line. Results of other kinds sharing the store
+    (e.g. discovery) may provide their own `headline()`."""
     r, metric = exp.result, exp.config.metric
+    if hasattr(r, "headline"):
+        return r.headline()
     if isinstance(r, AblationResult):
         delta = r.delta(metric)
         shown = "n/a" if delta is None else f"{delta:+.4g}"
@@ -252,9 +256,15 @@ def export_json(exp: Experiment) -> str:
 
 
 def export_csv(exp: Experiment) -> str:
-    """The experiment's table: metrics (ablation), one row per component (sweep) or per prompt (prompt set)."""
+    """The experiment's table: metrics (ablation), one row per component (sweep) or per prompt (prompt set).
+    Other results give their `csv_rows()`, or else their JSON's top-level fields, one per row."""
     r = exp.result
-    if isinstance(r, SweepResult):
+    if hasattr(r, "csv_rows"):
+        rows = r.csv_rows()
+    elif not isinstance(r, (AblationResult, SweepResult, PromptSetResult)):
+        rows = [{"field": k, "value": v if isinstance(v, (str, int, float, type(None))) else json.dumps(v)}
+                for k, v in r.to_json().items()]
+    elif isinstance(r, SweepResult):
         rows = r.effect_rows()
     elif isinstance(r, PromptSetResult):
         rows = r.table()

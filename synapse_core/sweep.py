@@ -4,12 +4,13 @@ output and residual stream, each scored against the clean run.
 Sweeps are batched. Each forward pass carries several copies of the prompt, one row per
 intervention; a zero-ablated head is switched off by one attn.z function per layer that multiplies
 by a (batch, pos, head) mask, any other operation by a function that edits its own row. Rows are
-ordered by layer, and a chunk of rows starts at the lowest layer it touches: below that layer every
-row equals the clean run, so the chunk runs those layers once at batch 1 and widens to one row per
-intervention at the residual stream just before that layer (a resid.post site function that
-returns the stream repeated; everything the layers take besides the stream broadcasts over the
-batch). That is exact: each row sees what its own forward pass would, up to float rounding of the
-batched matmuls. A head sweep of SmolLM2 thus does about half the layer work of one pass per head.
+ordered by layer, and below its layer a row equals the clean run, so a pass starts with one row
+that carries the clean run, and the rows of each layer join as copies of it at the residual stream
+just below that layer (a resid.post site function that returns the stream with rows appended;
+everything the layers take besides the stream has batch 1 and broadcasts). Each layer thus runs
+once per intervention above it and once for the clean row, never for rows it cannot change: about
+half the layer work of one forward pass per head, in a few large batches. It is exact: each row
+sees what its own forward pass would, up to float rounding of the batched matmuls.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .spec import HeadMask, Intervention, normalize_masks
 from .tokens import encode_prompt, token_strings
 
 LAYER_SITES = ("attn", "mlp", "resid")
-BATCH_ROWS = 18  # rows per forward pass: two layers of SmolLM2 heads (see benchmarks/head_sweep.py)
+BATCH_ROWS = 54  # interventions per forward pass: 6 layers of SmolLM2 heads (fastest in benchmarks/head_sweep.py)
 TOKEN_BUDGET = 8192  # rows x tokens per forward pass, to bound memory on long prompts
 
 
@@ -91,9 +92,9 @@ class SweepResult:
         }
 
 
-def _widen(n: int) -> SiteFn:
-    def fn(x):  # (1, pos, d_model) -> (n, pos, d_model)
-        return x.expand(n, *x.shape[1:]).contiguous()
+def _grow(g: int) -> SiteFn:
+    def fn(x):  # (rows, pos, d_model) -> (rows + g, pos, d_model): g new rows, copies of row 0 (clean)
+        return torch.cat([x, x[:1].expand(g, *x.shape[1:])])
 
     return fn
 
@@ -109,27 +110,41 @@ def _per_row(items: list[tuple[int, SiteFn]]) -> SiteFn:
 
 
 def _chunk_table(handle: ModelHandle, prepared: Prepared, rows: list[int], n_pos: int, reuse_prefix: bool):
-    """(first layer, site functions) for one forward pass whose batch row r runs intervention rows[r]."""
-    n, arch = len(rows), handle.arch
-    start = min(prepared.interventions[i].layer for i in rows) if reuse_prefix else 0
+    """Site functions for one forward pass over the interventions `rows` (sorted by layer).
+
+    With reuse_prefix, batch row 0 carries the clean run and the rows of each layer join as copies of
+    it at the residual stream just below that layer; without, every row runs from the input.
+    Returns (rows at the input, row of the first intervention, site functions).
+    """
+    arch = handle.arch
+    layers = [prepared.interventions[i].layer for i in rows]
     table: dict = defaultdict(list)
-    if start > 0:
-        table[(start - 1, "resid.post")].append(_widen(n))
+    if reuse_prefix:
+        offset, n_input = 1, 1 + layers.count(0)
+        for layer in sorted(set(layers) - {0}):
+            table[(layer - 1, "resid.post")].append(_grow(layers.count(layer)))
+    else:
+        offset, n_input = 0, len(rows)
+
+    def batch_at(layer: int) -> int:  # rows in the batch from this layer on
+        return offset + sum(1 for l in layers if l <= layer) if reuse_prefix else len(rows)
+
     head_masks: dict[int, torch.Tensor] = {}
     generic: dict = defaultdict(list)
     for r, i in enumerate(rows):
         iv = prepared.interventions[i]
         if iv.op == "zero" and iv.site == "attn.head":
             if iv.layer not in head_masks:
-                head_masks[iv.layer] = torch.ones(n, n_pos, arch.n_heads, 1, dtype=handle.dtype, device=handle.device)
-            head_masks[iv.layer][r, resolve_positions(iv.positions, n_pos), iv.head] = 0
+                head_masks[iv.layer] = torch.ones(batch_at(iv.layer), n_pos, arch.n_heads, 1, dtype=handle.dtype,
+                                                  device=handle.device)
+            head_masks[iv.layer][offset + r, resolve_positions(iv.positions, n_pos), iv.head] = 0
         else:
-            generic[hook_key(iv)].append((r, prepared.fns[i]))
+            generic[hook_key(iv)].append((offset + r, prepared.fns[i]))
     for layer, m in head_masks.items():
         table[(layer, "attn.z")].append(lambda z, m=m: z * m)  # z (batch, pos, head, d_head), m (batch, pos, head, 1)
     for key, items in generic.items():
         table[key].append(_per_row(items))
-    return start, dict(table)
+    return n_input, offset, dict(table)
 
 
 def batched_scores(handle: ModelHandle, ids: torch.Tensor, prepared: Prepared, target: Target,
@@ -137,7 +152,7 @@ def batched_scores(handle: ModelHandle, ids: torch.Tensor, prepared: Prepared, t
                    progress: Progress | None = None, reuse_prefix: bool = True) -> tuple[dict[str, torch.Tensor], int]:
     """Scores of every prepared intervention, one batch row each (see the module docstring).
 
-    ids (1, pos); clean_logits (d_vocab,). reuse_prefix=False runs every layer at full batch
+    ids (1, pos); clean_logits (d_vocab,). reuse_prefix=False runs every row from the input
     (plain batching, for comparison). Returns (metric name -> (n,) in the order of
     prepared.interventions, number of forward passes).
     """
@@ -148,11 +163,10 @@ def batched_scores(handle: ModelHandle, ids: torch.Tensor, prepared: Prepared, t
     base = mask_fns(tuple(masks))
     parts = []
     for done, rows in enumerate(chunks):
-        start, table = _chunk_table(handle, prepared, rows, n_pos, reuse_prefix)
-        batch_ids = ids if start > 0 else ids.expand(len(rows), -1)
-        logits = forward_last(handle, batch_ids, merge_fns(base, table))
-        assert logits.shape[0] == len(rows), f"batch widened to {logits.shape[0]} rows, expected {len(rows)}"
-        parts.append(batch_scores(logits, target, clean_logits))
+        n_input, offset, table = _chunk_table(handle, prepared, rows, n_pos, reuse_prefix)
+        logits = forward_last(handle, ids.expand(n_input, -1), merge_fns(base, table))
+        assert logits.shape[0] == offset + len(rows), f"batch grew to {logits.shape[0]}, expected {offset + len(rows)}"
+        parts.append(batch_scores(logits[offset:], target, clean_logits))
         if progress:
             progress(done + 1, len(chunks), f"forward pass {done + 1}/{len(chunks)} ({len(rows)} interventions)")
     inverse = torch.empty(len(order), dtype=torch.long)

@@ -35,11 +35,11 @@ def tiny_tokenizer():
     return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
 
 
-def _config(family: str):
+def _config(family: str, n_layers: int):
     common = dict(vocab_size=64, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if family == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
-    return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        return tf.GPT2Config(n_embd=32, n_layer=n_layers, n_head=4, n_positions=64, **common)
+    return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers, num_attention_heads=4,
                           num_key_value_heads=2, max_position_embeddings=64, attention_bias=family == "llama_bias",
                           **common)
 
@@ -54,13 +54,13 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_handle(family: str = "llama", seed: int = 0) -> ModelHandle:
+def tiny_handle(family: str = "llama", seed: int = 0, n_layers: int = 2) -> ModelHandle:
     """A prepared tiny model; cached, so treat it as read-only (restore anything you change)."""
-    config = _config(family)
+    config = _config(family, n_layers)
     cls = tf.GPT2LMHeadModel if family == "gpt2" else tf.LlamaForCausalLM
     model = cls(config)
     _randomize(model, seed)
-    return prepare(model, tiny_tokenizer(), name=f"tiny-{family}")
+    return prepare(model, tiny_tokenizer(), name=f"tiny-{family}" + (f"-{n_layers}" if n_layers != 2 else ""))
 
 
 def ids_of(handle: ModelHandle, text: str) -> torch.Tensor:

@@ -149,3 +149,30 @@ def test_a_result_is_reused_only_for_the_same_weights(store):
     config = dataclasses.replace(_config(), fingerprint="f" * 16)
     with pytest.raises(BadInput, match="ffffffffffffffff"):
         run_experiment(tiny_handle("llama"), config, store)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OtherConfig:  # the shape another kind of experiment (e.g. discovery) stores
+    kind: str = "discover"
+    model: str = "tiny-llama"
+    title: str = "discover top 2 heads"
+    prompts: tuple = (PROMPT,)
+    metric: str = "log_prob"
+
+
+@dataclasses.dataclass(frozen=True)
+class _OtherResult:
+    def to_json(self):
+        return {"circuit_effect": -1.5, "heads": [{"layer": 0, "head": 1}]}
+
+
+def test_other_kinds_in_the_store_list_reopen_and_export(store):
+    from synapse_core.experiments import StoredExperiment
+
+    store.put("00000000000000aa", "discover", StoredExperiment(_OtherConfig(), _OtherResult()))
+    summaries, problems = list_experiments(store, kind="discover")
+    assert [s.title for s in summaries] == ["discover top 2 heads"] and problems == []
+    exp = load_experiment(store, "00000000000000aa")
+    rows = list(csv.DictReader(io.StringIO(export_csv(exp))))
+    assert rows[0] == {"field": "circuit_effect", "value": "-1.5"}
+    assert json.loads(rows[1]["value"]) == [{"layer": 0, "head": 1}]

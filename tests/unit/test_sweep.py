@@ -42,6 +42,18 @@ def test_batched_head_sweep_equals_one_by_one(family, rows, positions):
     assert float(single["kl"].max()) > 1e-3  # the heads do matter
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("rows", [5, 7, 40])
+def test_rows_join_at_every_layer_of_a_deeper_model(family, rows):
+    handle = tiny_handle(family, n_layers=5)
+    ivs = [Intervention(layer, "attn.head", "zero", head) for layer in range(5) for head in range(4)]
+    ivs += [Intervention(layer, site, "mean") for layer in (0, 2, 4) for site in ("attn", "mlp", "resid")]
+    batched, single, passes = _both(handle, ivs, rows, settings=OpSettings(reference=(OTHER, SHORT)))
+    assert passes == -(-len(ivs) // rows)
+    for key in KEYS:
+        assert torch.allclose(batched[key], single[key], atol=1e-5), key
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("op", ["zero", "mean", "patch", "steer"])
 def test_batched_layer_sweep_equals_one_by_one(family, op):
