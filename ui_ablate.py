@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+import ui_trace
 from synapse_core.ablation import AblationResult
 from synapse_core.errors import BadInput
 from synapse_core.experiments import Experiment, export_csv, export_json, headline
@@ -64,7 +65,7 @@ def prompt_cases(text: str, upload=None):
 
 # ---------------------------------------------------------------- tables
 def top_table(tops: tuple[TopToken, ...]) -> pd.DataFrame:
-    return pd.DataFrame({"rank": range(1, len(tops) + 1), "token": [ui.show_token(t.token) for t in tops],
+    return pd.DataFrame({"rank": range(1, len(tops) + 1), "token": [ui_trace.show_token(t.token) for t in tops],
                          "prob": [t.prob for t in tops], "logit": [t.logit for t in tops]})
 
 
@@ -89,7 +90,7 @@ def top_effects(r: SweepResult, n: int = 10) -> pd.DataFrame:
 def promptset_frame(r: PromptSetResult) -> pd.DataFrame:
     frame = pd.DataFrame(r.table())
     for col in ("target", "contrast", "clean_top", "intervened_top"):
-        frame[col] = [ui.show_token(t) if isinstance(t, str) else t for t in frame[col]]
+        frame[col] = [ui_trace.show_token(t) if isinstance(t, str) else t for t in frame[col]]
     first = ["prompt", "target", "contrast", "change", "kl", "top1_changed", "clean_top", "intervened_top"]
     return frame[first + [c for c in frame.columns if c not in first]]  # the headline columns before the raw metrics
 
@@ -100,7 +101,7 @@ def sweep_heatmap(r: SweepResult) -> alt.Chart:
     (layer x site), diverging around 0 so harm and help read apart."""
     frame = sweep_frame(r)
     n_layers = frame["layer"].nunique()
-    rows, y_axis = ui._rows(n_layers)
+    rows, y_axis = ui_trace.heatmap_rows(n_layers)
     limit = float(np.abs(r.effects).max()) or 1.0
     x = (alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)) if r.kind == "heads"
          else alt.X("site:N", title="site", sort=list(r.sites), axis=alt.Axis(labelAngle=0)))
@@ -172,9 +173,9 @@ def show_ablation(r: AblationResult, prefix: str) -> None:
             col.metric(CARD_LABELS[m], f"{r.intervened.value(m):.4f}", delta=f"{r.delta(m):+.4f}", border=True,
                        help=f"{METRIC_LABELS[m]}: clean {r.clean.value(m):.4f} → intervened {r.intervened.value(m):.4f}")
     cards[3].metric("KL (nats)", f"{r.kl_divergence:.4g}", border=True, help=METRIC_LABELS["kl"])
-    cards[4].metric("Top-1", ui.show_token(r.intervened.top_token), border=True, delta_color="off", delta_arrow="off",
+    cards[4].metric("Top-1", ui_trace.show_token(r.intervened.top_token), border=True, delta_color="off", delta_arrow="off",
                     delta="changed" if r.top1_changed else "unchanged",
-                    help=f"clean top-1 {ui.show_token(r.clean.top_token)} (p={r.clean.top_prob:.3f})")
+                    help=f"clean top-1 {ui_trace.show_token(r.clean.top_token)} (p={r.clean.top_prob:.3f})")
     st.dataframe(metric_table(r), key=f"{prefix}_metrics", hide_index=True)
     prob = st.column_config.ProgressColumn("prob", min_value=0.0, max_value=1.0, format="%.3f")
     clean_col, iv_col = st.columns(2)

@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit_agraph import Config, Edge, Node
 
 import ui
+import ui_trace
 from synapse_core import settings
 from synapse_core.discovery import STAGES, DiscoveryResult, run_discovery
 from synapse_core.errors import BadInput, SynapseError
@@ -180,7 +181,7 @@ def effect_bars(result: DiscoveryResult) -> alt.Chart:
         {"head": short(h), "kind": kind, "effect": value, "circuit": short(h) in in_circuit}
         for h in result.candidates
         for kind, value in (("estimated", h.estimated_effect), ("verified", h.verified_effect))])
-    rows, y_axis = ui._rows(len(names))
+    rows, y_axis = ui_trace.heatmap_rows(len(names))
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("effect:Q", title=f"change in {result.metric} when ablated (negative: pushes toward the target)"),
         y=alt.Y("head:N", sort=names, title="head (L.H)", axis=y_axis),
@@ -204,7 +205,7 @@ def grid_frame(result: DiscoveryResult) -> pd.DataFrame:
 
 def overlay_heatmap(frame: pd.DataFrame) -> alt.Chart:
     """The layer x head grid of estimates; circuit heads outlined in black (one dataset, conditional stroke)."""
-    rows, y_axis = ui._rows(frame["layer"].nunique())
+    rows, y_axis = ui_trace.heatmap_rows(frame["layer"].nunique())
     bound = float(frame["estimate"].abs().max()) or 1.0
     return alt.Chart(frame).mark_rect(strokeWidth=3).encode(
         x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),

@@ -4,6 +4,7 @@ stored experiment; its share link `?experiment=<hash>` opens it here."""
 import streamlit as st
 
 import ui
+import ui_trace
 import ui_ablate
 from synapse_core.errors import SynapseError
 from synapse_core.experiments import ablation_config, promptset_config, sweep_config
@@ -70,8 +71,8 @@ metric = None if metric == "auto" else metric
 if target:
     try:
         t = resolve_target(handle, target, contrast or None)
-        st.caption(f"Scored on token `{ui.show_token(t.token)}` ({t.id})" + (
-            f" against `{ui.show_token(t.contrast_token)}` ({t.contrast_id})" if t.has_contrast else ""))
+        st.caption(f"Scored on token `{ui_trace.show_token(t.token)}` ({t.id})" + (
+            f" against `{ui_trace.show_token(t.contrast_token)}` ({t.contrast_id})" if t.has_contrast else ""))
         if t.warnings:  # several tokens, or a leading space that changes the token: shown with both spellings
             st.warning("  \n".join(t.warnings))
     except SynapseError as exc:

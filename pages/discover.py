@@ -129,7 +129,7 @@ with st.container(border=True):
                   value=f"pushes the model toward {result.cases[0].target!r} (discovery {run.key})")
     st.button("Quarantine", key="discover_quarantine_button", type="primary",
               on_click=ud.quarantine, args=(handle, run))
-    st.caption(f"Masks the heads' output (level projection, as the discovery ablated them) in every later run; "
+    st.caption("Masks the heads' output (level projection, as the discovery ablated them) in every later run; "
                "recorded with this experiment as evidence, as " + (ui.user_name() or "this machine's user (type "
                "your name under Governance in the sidebar)") + ". Manage it on the **Governance** page.")
     if ud.QUARANTINE_REPORT in st.session_state:

@@ -2,6 +2,7 @@
 import streamlit as st
 
 import ui
+import ui_trace
 from synapse_core.errors import BadInput, SynapseError
 from synapse_core.spec import MASK_LEVELS, parse_heads
 from synapse_core.verify import verify
@@ -139,12 +140,12 @@ if st.button("Verify", key="gov_verify_button"):
 check = st.session_state.get(ui.GOV_VERIFY)
 if check is not None:
     masked_col, raw_col = st.columns(2)
-    token = ui.show_token(check.target_token)
+    token = ui_trace.show_token(check.target_token)
     masked_col.metric(f"p({token}) with the quarantine", f"{check.prob_masked:.4f}", border=True,
                       delta=f"{check.prob_masked - check.prob_raw:+.4f}", delta_color="inverse")
     raw_col.metric(f"p({token}) raw model", f"{check.prob_raw:.4f}", border=True)
-    st.caption(f"Next token after {check.prompt!r}: {ui.show_token(check.top_masked)} with the quarantine "
-               f"({len(check.masks)} head(s)), {ui.show_token(check.top_raw)} raw. "
+    st.caption(f"Next token after {check.prompt!r}: {ui_trace.show_token(check.top_masked)} with the quarantine "
+               f"({len(check.masks)} head(s)), {ui_trace.show_token(check.top_raw)} raw. "
                + ("The quarantine suppresses the target." if check.suppressed else "The quarantine does not lower it."))
     for warning in check.warnings:
         st.warning(warning)

@@ -3,6 +3,7 @@ import streamlit as st
 from streamlit_agraph import agraph
 
 import ui
+import ui_trace
 from synapse_core import Sampling
 from synapse_core.errors import SynapseError
 
@@ -63,19 +64,19 @@ masked.metric("Masked heads", len(result.masked_heads), border=True,
 
 st.subheader("Generated text")
 st.code(result.generated_text, language=None, wrap_lines=True)
-st.dataframe(ui.token_table(result), key="trace_tokens", column_config={
+st.dataframe(ui_trace.token_table(result), key="trace_tokens", column_config={
     "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
 st.caption("Probability of each generated token when it was chosen." +
            (" Generation stopped on an end-of-sequence token." if result.stopped_on_eos else ""))
 
 outputs = list(range(len(result.generated_tokens)))
-token_label = lambda i: f"{i}: {ui.show_token(result.generated_tokens[i])} (p={result.token_probs[i]:.2f})"
+token_label = lambda i: f"{i}: {ui_trace.show_token(result.generated_tokens[i])} (p={result.token_probs[i]:.2f})"
 
 st.subheader("Head activity")
 step = st.selectbox("Activity of", [None, *outputs], key="trace_activity_step",
                     format_func=lambda s: "mean over generated tokens" if s is None else f"token {token_label(s)}")
 with st.container(key="trace_activity_chart_box"):  # st-key-* handle for browser tests
-    st.altair_chart(ui.activity_heatmap(ui.activity_frame(result, step)), key="trace_activity_chart")
+    st.altair_chart(ui_trace.activity_heatmap(ui_trace.activity_frame(result, step)), key="trace_activity_chart")
 st.caption(f"Activity: {result.activity_method}. Masked heads read 0.")
 
 st.subheader("Attention of one head")
@@ -89,7 +90,7 @@ try:
         matrix = ui.head_attention(handle, result, output, layer, head)
     tokens = result.prompt_tokens + result.generated_tokens[:output]
     with st.container(key="trace_attention_chart_box"):
-        st.altair_chart(ui.attention_heatmap(matrix, tokens), key="trace_attention_chart")
+        st.altair_chart(ui_trace.attention_heatmap(matrix, tokens), key="trace_attention_chart")
     st.caption(f"Attention probabilities of L{layer}.H{head}, recomputed in one forward pass over the prompt and the "
                f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
                "position that predicted that token (the trace records that row for every head).")
@@ -97,12 +98,12 @@ except SynapseError as exc:
     ui.show_error(exc)
 
 st.subheader("Thought path")
-nodes, edges, config = ui.path_graph(result)
+nodes, edges, config = ui_trace.path_graph(result)
 with st.container(key="trace_path_graph_box"):
     agraph(nodes=nodes, edges=edges, config=config)
 st.caption("The most active head of each layer, chained. Node size: activity; edge labels: weight and kind. "
            f"Edges: {result.thought_path.edge_method}.")
-st.dataframe(ui.path_table(result), key="trace_path_table", hide_index=True)
+st.dataframe(ui_trace.path_table(result), key="trace_path_table", hide_index=True)
 
 st.subheader("Token influence")
 target = st.selectbox("Generated token to explain", outputs, format_func=token_label, key="trace_influence_output")
@@ -110,17 +111,17 @@ try:
     with st.spinner("Computing token influence …"):
         influence = ui.influence(handle, result, target)
     with st.container(key="trace_influence_chart_box"):
-        st.altair_chart(ui.influence_bars(influence), key="trace_influence_chart")
-    st.caption(f"Influence: {influence.method}. log p({ui.show_token(influence.output_token)}) = "
+        st.altair_chart(ui_trace.influence_bars(influence), key="trace_influence_chart")
+    st.caption(f"Influence: {influence.method}. log p({ui_trace.show_token(influence.output_token)}) = "
                f"{influence.log_prob:.3f}, masks of the run in force.")
 except SynapseError as exc:
     ui.show_error(exc)
 
 st.subheader("Downloads")
 json_col, heads_col, steps_col = st.columns(3)
-json_col.download_button("Trace (JSON)", ui.trace_json(result), file_name=f"trace-{run.key}.json",
+json_col.download_button("Trace (JSON)", ui_trace.trace_json(result), file_name=f"trace-{run.key}.json",
                          mime="application/json", key="trace_download_json")
-heads_col.download_button("Head activity (CSV)", ui.head_activity_csv(result), file_name=f"heads-{run.key}.csv",
+heads_col.download_button("Head activity (CSV)", ui_trace.head_activity_csv(result), file_name=f"heads-{run.key}.csv",
                           mime="text/csv", key="trace_download_heads")
-steps_col.download_button("Activity per step (CSV)", ui.step_activity_csv(result),
+steps_col.download_button("Activity per step (CSV)", ui_trace.step_activity_csv(result),
                           file_name=f"steps-{run.key}.csv", mime="text/csv", key="trace_download_steps")
