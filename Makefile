@@ -34,6 +34,8 @@ test-app: setup
 
 bench: setup
 	$(PY) benchmarks/trace_overhead.py
+	$(PY) benchmarks/head_sweep.py
+	$(PY) benchmarks/discovery.py
 
 clean:
 	rm -rf $(VENV)
