@@ -210,7 +210,7 @@ class Means:
     min_len: int  # tokens in the shortest reference prompt
 
 
-_MEANS: "OrderedDict[tuple, dict[HookKey, Means]]" = OrderedDict()
+_MEANS: OrderedDict[tuple, dict[HookKey, Means]] = OrderedDict()
 _MEANS_LOCK = threading.Lock()
 _MEANS_KEEP = 8  # prompt sets x masks remembered per process
 

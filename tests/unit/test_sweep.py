@@ -72,7 +72,7 @@ def test_batched_layer_sweep_equals_one_by_one(family, op):
 def test_plain_batching_without_prefix_reuse_agrees():
     handle = tiny_handle("llama")
     ivs = [Intervention(layer, "attn.head", "zero", head) for layer in range(2) for head in range(4)]
-    reused, single, _ = _both(handle, ivs, rows=8)
+    reused, _, _ = _both(handle, ivs, rows=8)
     plain, _, _ = _both(handle, ivs, rows=8, reuse_prefix=False)
     assert torch.allclose(reused["log_prob"], plain["log_prob"], atol=1e-5)
 
