@@ -25,6 +25,13 @@ def fill(at, heads: str = NAME_MOVER, prompt: str = IOI, target: str = " Mary", 
     return at.run()
 
 
+def test_spaceless_target_is_warned_with_both_spellings():
+    at = fill(ablate_page(), target="Mary", contrast="John")
+    (warning,) = at.warning  # the tokenizer's warnings, once, by the target input
+    assert "'Mary' is split as ['Mary'] but ' Mary' as [' Mary']; mind the leading space" in warning.value
+    assert "contrast: 'John' is split as ['John'] but ' John' as [' John']" in warning.value
+
+
 def table(at, first_column: str):
     """The dataframe whose first column is `first_column`."""
     (frame,) = [d.value for d in at.dataframe if list(d.value.columns[:1]) == [first_column]]
@@ -53,9 +60,7 @@ def test_head_zero_ablation_on_ioi_shows_clean_vs_intervened_and_a_rerun_comes_f
     clean_top, intervened_top = (d.value for d in at.dataframe if list(d.value.columns[:2]) == ["rank", "token"])
     assert clean_top["token"][0] == "·Mary" and clean_top["prob"][0] == prob["clean"]
     assert intervened_top["prob"][0] < clean_top["prob"][0]
-    (warning,) = at.warning  # the tokenizer's warnings, once, by the target input: both spellings of each
-    assert "' Mary' and 'Mary' are different tokens (5099 vs 25653)" in warning.value
-    assert "contrast: ' John' and 'John' are different tokens" in warning.value
+    assert not at.warning  # targets spelled as the model predicts them (leading space) are not nagged
     assert f"Computed and stored · experiment `{key}`" in [c.value for c in at.caption]
     assert any(f"(ablate?experiment={key})" in m.value for m in at.markdown)  # the share link
     assert len(at.get("download_button")) == 2

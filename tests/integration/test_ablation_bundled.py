@@ -94,8 +94,12 @@ def test_steering_towards_rome_raises_rome(bundled):
 
 
 def test_target_warnings_on_the_real_tokenizer(bundled):
-    r = ablate(bundled, PROMPT, " Paris France", [_iv("mlp")])
+    r = ablate(bundled, PROMPT, "Paris France", [_iv("mlp")])
     assert any("scored on its first token" in w for w in r.warnings)
-    assert any("mind the leading space" in w and "'Paris France'" in w for w in r.warnings)  # shows both
-    assert r.target.token == " Paris"
+    # the spaceless spelling is another token than the one the model predicts: both splits shown
+    assert any("mind the leading space" in w and "' Paris France'" in w and "[' Paris', ' France']" in w
+               for w in r.warnings)
+    assert r.target.token == "Paris"
     assert [t.token for t in r.clean_top][0] == " Paris"
+    spaced = ablate(bundled, PROMPT, " Paris", [_iv("mlp")])
+    assert not any("leading space" in w for w in spaced.warnings)  # a well-formed target is not nagged
