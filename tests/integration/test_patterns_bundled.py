@@ -3,13 +3,13 @@ page's attention heatmap, on the real bundled model."""
 import numpy as np
 import pytest
 
-from synapse_core import BadInput, HeadMask, load_model, trace
+from synapse_core import BadInput, HeadMask, trace
 from synapse_core.patterns import attention_matrix
 
 
 @pytest.fixture(scope="module")
-def handle():
-    return load_model("bundled", device="cpu", dtype="float32")
+def handle(bundled):
+    return bundled
 
 
 def test_last_row_matches_the_attention_the_trace_recorded(handle):
