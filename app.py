@@ -1,6 +1,7 @@
 """Synapse: look inside a language model. Entrypoint: `streamlit run app.py`."""
 import streamlit as st
 
+import demo
 import ui
 from synapse_core.errors import SynapseError
 from synapse_core.spec import MASK_LEVELS
@@ -29,6 +30,16 @@ def home():
     st.page_link(PAGES["ablate"], label="**Ablate**: switch heads or blocks off and measure the effect.")
     st.page_link(PAGES["discover"], label="**Discover**: find the circuit of heads behind a behaviour.")
     st.page_link(PAGES["governance"], label="**Governance**: quarantine heads and keep a record of why.")
+
+    st.subheader("Guided demo")
+    st.caption("One click fills Trace, Discover and Ablate with a ready-made case on the bundled model.")
+    for col, example in zip(st.columns(len(demo.EXAMPLES)), demo.EXAMPLES):
+        col.button(example.title, key=f"demo_home_{example.key}", on_click=demo.fill,
+                   args=(st.session_state, example.key), width="stretch", help=example.story)
+    example = demo.loaded(st.session_state)
+    if example is not None:
+        st.success(f"Loaded **{example.title}**: {example.story} Open **Trace** and press **Run**.")
+    st.markdown(demo.WALKTHROUGH)
 
 
 def try_load(spec: str) -> None:
@@ -60,6 +71,16 @@ def model_sidebar():
         return None
     st.markdown(ui.model_status(handle))
     return handle
+
+
+def demo_sidebar():
+    st.header("Examples")
+    for example in demo.EXAMPLES:
+        st.button(example.title, key=f"demo_sidebar_{example.key}", on_click=demo.fill,
+                  args=(st.session_state, example.key), width="stretch", help=example.story)
+    example = demo.loaded(st.session_state)
+    if example is not None:
+        st.caption(f"Loaded: {example.title}. Each page is ready to Run.")
 
 
 def mask_sidebar(handle):
@@ -105,9 +126,11 @@ def governance_sidebar(handle):
         st.caption(ui.connection_text(status))
 
 
+demo.keep(st.session_state)  # page widgets keep their values while another page is shown
 with st.sidebar:
     current = model_sidebar()
     mask_sidebar(current)
     governance_sidebar(current)
+    demo_sidebar()
 
 st.navigation([st.Page(home, title="Home", icon="🏠", default=True), *PAGES.values()]).run()
