@@ -176,20 +176,22 @@ def attention_probs(query, key, attention_mask, scaling=None, softcap=None) -> t
     (plain causal, queries being the last q_pos keys), boolean (True = attend) or additive, its
     last two dims (q_pos, k_pos). Returns (batch, head, q_pos, k_pos).
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
+    batch, n_heads, q_len, d_head = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
     if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+        scaling = d_head ** -0.5
+    # grouped-query attention without copying the keys: (batch, kv_head, group * q_pos, d_head)
+    grouped = query.reshape(batch, kv_heads, (n_heads // kv_heads) * q_len, d_head)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).view(batch, n_heads, q_len, k_len) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is None:
-        attention_mask = _causal_mask(query.shape[2], key.shape[2], query.device)
-    if attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    else:
-        scores = scores + attention_mask[..., : key.shape[2]]
+    if attention_mask is None and q_len > 1:
+        attention_mask = _causal_mask(q_len, k_len, query.device)
+    if attention_mask is not None:  # None with one query: the last position sees every key
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask[..., :k_len]
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
