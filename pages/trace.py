@@ -70,7 +70,8 @@ st.caption("Probability of each generated token when it was chosen." +
            (" Generation stopped on an end-of-sequence token." if result.stopped_on_eos else ""))
 
 outputs = list(range(len(result.generated_tokens)))
-token_label = lambda i: f"{i}: {ui_trace.show_token(result.generated_tokens[i])} (p={result.token_probs[i]:.2f})"
+# no probability in these labels: a selectbox keeps its first labels across reruns of the same key
+token_label = lambda i: f"{i}: {ui_trace.show_token(result.generated_tokens[i])}"
 
 st.subheader("Head activity")
 step = st.selectbox("Activity of", [None, *outputs], key="trace_activity_step",
