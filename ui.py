@@ -25,7 +25,9 @@ from synapse_core.omconfig import OMConfig, config_from_secrets
 from synapse_core.patterns import attention_matrix
 from synapse_core.spec import MASK_LEVELS, HeadMask, normalize_masks, parse_heads
 from synapse_core.store import ResultStore
-from synapse_core.trace import TraceResult, trace_config
+from synapse_core import trace_store
+from synapse_core.trace import TraceResult
+from synapse_core.trace_store import trace_experiment_config
 
 # Session-state keys shared across pages. Page-local widget keys live in their page.
 MODEL_INPUT = "model_spec_input"  # sidebar text input: the spec the user typed
@@ -107,14 +109,15 @@ def result_store(path: str) -> ResultStore:
 
 def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress) -> TraceRun:
     """Trace through the result store: the same request twice is answered from disk."""
-    config = trace_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
-    store = result_store(str(settings.subdir("results")))
-    entry, from_cache, notes = store.get_or_compute(
-        "trace", config,
-        lambda: synapse_core.trace(handle, prompt, max_new_tokens, masks=masks, sampling=sampling, progress=progress),
-        summary={"prompt": prompt[:80], "model": handle.name},
-    )
-    return TraceRun(entry.result, entry.key, from_cache, tuple(notes))
+    config = trace_experiment_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
+    exp = trace_store.run_trace(handle, config, result_store(str(settings.subdir("results"))), progress)
+    return TraceRun(exp.result, exp.hash, exp.from_cache, exp.notes)
+
+
+def open_trace(key: str) -> TraceRun | None:
+    """The stored trace of a `?experiment=` id; None when absent, StoreError when unreadable."""
+    exp = trace_store.load_trace(result_store(str(settings.subdir("results"))), key)
+    return None if exp is None else TraceRun(exp.result, exp.hash, True, ())
 
 
 def _model_key(handle) -> str:

@@ -132,9 +132,9 @@ def show_experiment(exp: Experiment, prefix: str) -> None:
 
 
 def share_url(key: str, kind: str) -> str:
-    """The link that opens an experiment: discoveries on the Discover page, the rest on the Ablate page."""
-    if kind == "discover":
-        return f"discover?experiment={key}"
+    """The link that opens an experiment: traces and discoveries on their own pages, the rest on the Ablate page."""
+    if kind in ("discover", "trace"):  # drawn on their own pages
+        return f"{kind}?experiment={key}"
     return ui.experiment_url(key) or f"history?experiment={key}"
 
 

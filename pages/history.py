@@ -1,4 +1,4 @@
-"""History: every stored experiment (ablations, sweeps, prompt sets, discoveries), filtered by kind,
+"""History: every stored experiment (traces, ablations, sweeps, prompt sets, discoveries), filtered by kind,
 model and text; reopen one, export it, delete it. `?experiment=<hash>` opens one directly."""
 import streamlit as st
 
@@ -30,8 +30,8 @@ for problem in problems:  # listed, never hidden: the entry is skipped, the rest
 
 link = st.query_params.get("experiment")
 if not shown and not link:
-    st.info("No stored experiments match. Runs on the **Ablate** and **Discover** pages are stored here."
-            if every else "No experiments yet: runs on the **Ablate** and **Discover** pages are stored here.")
+    st.info("No stored experiments match. Runs on the **Trace**, **Ablate** and **Discover** pages are stored here."
+            if every else "No experiments yet: runs on the **Trace**, **Ablate** and **Discover** pages are stored here.")
     st.stop()
 st.dataframe(ui_ablate.history_table(shown), key="history_table", hide_index=True, column_config={
     "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),

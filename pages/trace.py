@@ -33,6 +33,18 @@ if st.button("Run", key="trace_run_button", type="primary"):
     finally:
         bar.empty()
 
+shared = st.query_params.get("experiment")
+if shared and st.session_state.get("trace_opened_link") != shared:  # a share link: show it once, then Run as usual
+    st.session_state["trace_opened_link"] = shared
+    try:
+        opened = ui.open_trace(shared)
+        if opened is None:
+            st.error(f"No trace {shared} is stored here: it was deleted, or made on another machine.")
+        else:
+            st.session_state[ui.TRACE_RUN] = opened
+    except SynapseError as exc:
+        ui.show_error(exc)
+
 run = st.session_state.get(ui.TRACE_RUN)
 if run is None:
     st.info("Type a prompt and press **Run** to trace the model.")
@@ -42,10 +54,11 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last trace was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
+link = f"[share link](trace?experiment={run.key})"
 if run.from_cache:
-    st.success(f"Answered from cache · key `{run.key}`")
+    st.success(f"Answered from cache · key `{run.key}` · {link}")
 else:
-    st.caption(f"Computed and stored · key `{run.key}`")
+    st.caption(f"Computed and stored · key `{run.key}` · {link}")
 for message in (*result.warnings, *run.notes):
     st.warning(message)
 

@@ -1,7 +1,7 @@
 """Traced generation: which heads were active for each generated token, and where they looked."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -90,6 +90,11 @@ class TraceResult:
     @property
     def n_layers(self) -> int:
         return self.head_activity.shape[0]
+
+    def headline(self) -> str:
+        """One line for the History list."""
+        top = self.top_heads[0] if self.top_heads else None
+        return f"\u2192 {self.generated_text!r}" + (f" \u00b7 most active head {top.layer}.{top.head}" if top else "")
 
     def to_json(self) -> dict:
         """The CLI's --json object (plus a few fields); plain lists and numbers only."""
@@ -224,18 +229,3 @@ def _fidelity(handle: ModelHandle, input_ids: torch.Tensor, decoded: Decoded, ma
         logits = handle.model(input_ids=full[None], logits_to_keep=len(decoded.ids)).logits[0].float().cpu()
     agree = (logits.argmax(-1) == torch.tensor(decoded.ids)).float().mean()
     return Fidelity(token_agreement=float(agree), max_logit_diff=float((logits - decoded.step_logits).abs().max()))
-
-
-def trace_config(handle: ModelHandle, prompt: str, max_new_tokens: int, masks, sampling: Sampling,
-                 capture_attention: bool) -> dict:
-    """What a trace depends on: the key of its stored result."""
-    return {
-        "model": handle.name,
-        "fingerprint": handle.fingerprint,
-        "dtype": str(handle.dtype),
-        "prompt": prompt,
-        "max_new_tokens": max_new_tokens,
-        "masks": [asdict(m) for m in normalize_masks(masks, handle.arch)],
-        "sampling": asdict(sampling),
-        "capture_attention": capture_attention,
-    }

@@ -4,7 +4,7 @@ import json
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 
 import ui
-from app_helpers import PROMPT, chart_frames, metrics, run_trace, trace_page
+from app_helpers import PROMPT, app, chart_frames, metrics, run_trace, trace_page
 
 
 def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
@@ -22,7 +22,8 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert fidelity.proto.delta.startswith("max logit diff")
     assert fidelity.proto.direction == MetricProto.MetricDirection.NONE  # no arrow: a diff size is not a rise
     key = at.session_state[ui.TRACE_RUN].key
-    assert not at.success and at.caption[0].value == f"Computed and stored · key `{key}`"
+    assert not at.success and at.caption[0].value == (
+        f"Computed and stored · key `{key}` · [share link](trace?experiment={key})")
 
     activity, attention, influence = chart_frames(at)
     assert len(activity) == 30 * 9 and activity["activity"].gt(0).all()
@@ -53,7 +54,7 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
 
     at.button(key="trace_run_button").click().run()
     assert not at.exception
-    assert at.success[0].value == f"Answered from cache · key `{key}`"
+    assert at.success[0].value == f"Answered from cache · key `{key}` · [share link](trace?experiment={key})"
     assert "Paris" in at.code[0].value
 
 
@@ -100,3 +101,25 @@ def test_out_of_range_head_gives_an_error_not_an_exception():
     assert not at.exception
     assert at.error[0].value == "head 9 does not exist: layer 3 has heads 0-8"
     assert not at.metric
+
+
+def test_a_share_link_reopens_the_stored_trace_and_history_lists_it():
+    at = run_trace(trace_page())
+    key = at.session_state[ui.TRACE_RUN].key
+    linked = app()
+    linked.query_params["experiment"] = key
+    linked = linked.switch_page("pages/trace.py").run()
+    assert not linked.exception and not linked.error
+    run = linked.session_state[ui.TRACE_RUN]
+    assert run.key == key and run.from_cache and "Paris" in linked.code[0].value
+    history = app().switch_page("pages/history.py").run()
+    assert not history.exception
+    listed = history.dataframe[0].value
+    assert key in list(listed["experiment"]) and "trace" in list(listed["kind"])
+    assert f"trace?experiment={key}" in list(listed["link"])
+    for bad, message in (("0123456789abcdef", "No trace 0123456789abcdef is stored here"),
+                         ("not-a-hash", "'not-a-hash' is not an experiment id")):
+        broken = app()
+        broken.query_params["experiment"] = bad
+        broken = broken.switch_page("pages/trace.py").run()
+        assert not broken.exception and message in broken.error[0].value

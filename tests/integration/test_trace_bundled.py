@@ -8,7 +8,8 @@ from synapse_core.hooks import active_handle_count, hooks
 from synapse_core.influence import token_influence
 from synapse_core.masking import mask_fns
 from synapse_core.store import ResultStore
-from synapse_core.trace import trace_config
+from synapse_core.experiments import list_experiments
+from synapse_core.trace_store import load_trace, run_trace, trace_experiment_config
 
 EIFFEL = "The Eiffel Tower is in the city of"
 
@@ -120,21 +121,20 @@ def test_overlong_prompt_is_cut_with_a_warning(bundled, monkeypatch):
     assert any("only the last 14 tokens" in w for w in result.warnings)
 
 
-def test_same_trace_request_is_answered_from_the_store(bundled, tmp_path):
+def test_same_trace_request_is_answered_from_the_store_and_listed_as_an_experiment(bundled, tmp_path):
     store = ResultStore(tmp_path / "results")
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return trace(bundled, EIFFEL, 2, capture_attention=False)
-
-    cfg = trace_config(bundled, EIFFEL, 2, [], Sampling(), False)
-    first, cached1, _ = store.get_or_compute("trace", cfg, compute)
-    second, cached2, _ = store.get_or_compute("trace", cfg, compute)
-    assert (cached1, cached2, len(calls)) == (False, True, 1)
-    assert second.key == first.key and second.result.generated_ids == first.result.generated_ids
-    masked_cfg = trace_config(bundled, EIFFEL, 2, ["3.1"], Sampling(), False)
-    assert store.get_or_compute("trace", masked_cfg, compute)[0].key != first.key
+    cfg = trace_experiment_config(bundled, EIFFEL, 2, [], Sampling(), False)
+    first = run_trace(bundled, cfg, store)
+    second = run_trace(bundled, cfg, store)
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert second.hash == first.hash == cfg.hash and second.result.generated_ids == first.result.generated_ids
+    masked = run_trace(bundled, trace_experiment_config(bundled, EIFFEL, 2, ["3.1"], Sampling(), False), store)
+    assert masked.hash != first.hash and masked.result.masked_heads[0].head == 1
+    listed, problems = list_experiments(store, kind="trace")
+    assert problems == [] and {s.hash for s in listed} == {first.hash, masked.hash}
+    assert any("Paris" in s.headline for s in listed)
+    reopened = load_trace(store, first.hash)
+    assert reopened.result.generated_ids == first.result.generated_ids and reopened.config == cfg
 
 
 def test_last_row_attention_equals_full_eager_attention(bundled):
