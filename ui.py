@@ -17,7 +17,7 @@ import streamlit as st
 import synapse_core
 from synapse_core import experiments as _experiments
 from synapse_core import settings
-from synapse_core.errors import SynapseError
+from synapse_core.errors import BadInput, SynapseError
 from synapse_core.governance import Governance, GovernanceStatus
 from synapse_core.influence import InfluenceResult, token_influence
 from synapse_core.maskstore import MaskStore
@@ -114,10 +114,27 @@ def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress) -> Trac
     return TraceRun(exp.result, exp.hash, exp.from_cache, exp.notes)
 
 
-def open_trace(key: str) -> TraceRun | None:
-    """The stored trace of a `?experiment=` id; None when absent, StoreError when unreadable."""
+def open_trace(key: str) -> TraceRun:
+    """The stored trace of a `?experiment=` id; SynapseError when absent, unreadable or not a trace."""
     exp = trace_store.load_trace(result_store(str(settings.subdir("results"))), key)
-    return None if exp is None else TraceRun(exp.result, exp.hash, True, ())
+    if exp is None:
+        raise BadInput(f"no experiment {key} is stored here: it was deleted, or made on another machine")
+    return TraceRun(exp.result, exp.hash, True, ())
+
+
+def open_shared_link(opened_key: str, run_key: str, reopen) -> None:
+    """Show the result of a `?experiment=` link once per link (a later Run is not overwritten by it).
+
+    opened_key: session key remembering the link already opened; run_key: where the page keeps its
+    result; reopen(hash) returns the result or raises SynapseError, shown with st.error."""
+    shared = st.query_params.get("experiment")
+    if not shared or st.session_state.get(opened_key) == shared:
+        return
+    st.session_state[opened_key] = shared
+    try:
+        st.session_state[run_key] = reopen(shared)
+    except SynapseError as exc:
+        show_error(exc)
 
 
 def _model_key(handle) -> str:

@@ -53,13 +53,7 @@ if st.button("Run", key="discover_run_button", type="primary"):
     finally:
         bar.empty()
 
-shared = st.query_params.get("experiment")
-if shared and st.session_state.get(ud.OPENED_LINK) != shared:  # a share link: show it once, then Run as usual
-    st.session_state[ud.OPENED_LINK] = shared
-    try:
-        st.session_state[ui.LAST_DISCOVERY] = ud.reopen(shared)
-    except SynapseError as exc:
-        ui.show_error(exc)
+ui.open_shared_link(ud.OPENED_LINK, ui.LAST_DISCOVERY, ud.reopen)
 
 run = st.session_state.get(ui.LAST_DISCOVERY)
 if not isinstance(run, ud.DiscoveryRun):

@@ -33,17 +33,7 @@ if st.button("Run", key="trace_run_button", type="primary"):
     finally:
         bar.empty()
 
-shared = st.query_params.get("experiment")
-if shared and st.session_state.get("trace_opened_link") != shared:  # a share link: show it once, then Run as usual
-    st.session_state["trace_opened_link"] = shared
-    try:
-        opened = ui.open_trace(shared)
-        if opened is None:
-            st.error(f"No trace {shared} is stored here: it was deleted, or made on another machine.")
-        else:
-            st.session_state[ui.TRACE_RUN] = opened
-    except SynapseError as exc:
-        ui.show_error(exc)
+ui.open_shared_link("trace_opened_link", ui.TRACE_RUN, ui.open_trace)
 
 run = st.session_state.get(ui.TRACE_RUN)
 if run is None:

@@ -104,7 +104,7 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
 def test_a_share_link_reopens_the_stored_discovery_and_a_later_run_replaces_it():
     at = run_ioi(discover_page())  # stored by the test above, or computed here
     key = at.session_state[ui.LAST_DISCOVERY].key
-    assert f"(discover?experiment={key})" in (at.success or at.caption)[0].value
+    assert any(f"(discover?experiment={key})" in m.value for m in [*at.success, *at.caption])
 
     linked = app()
     linked.query_params["experiment"] = key

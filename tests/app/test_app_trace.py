@@ -117,7 +117,7 @@ def test_a_share_link_reopens_the_stored_trace_and_history_lists_it():
     listed = history.dataframe[0].value
     assert key in list(listed["experiment"]) and "trace" in list(listed["kind"])
     assert f"trace?experiment={key}" in list(listed["link"])
-    for bad, message in (("0123456789abcdef", "No trace 0123456789abcdef is stored here"),
+    for bad, message in (("0123456789abcdef", "no experiment 0123456789abcdef is stored here"),
                          ("not-a-hash", "'not-a-hash' is not an experiment id")):
         broken = app()
         broken.query_params["experiment"] = bad
