@@ -43,17 +43,10 @@ def run_masks(args, handle) -> list:
 
     masks = [HeadMask(h.layer, h.head, args.mask_level) for h in parse_heads(args.mask)]
     if not args.no_masks:
-        masks.extend(stored_masks(handle))
+        from .maskstore import MaskStore
+
+        masks.extend(MaskStore().masks(handle))  # the quarantine list in force for this model
     return list(normalize_masks(masks, handle.arch))
-
-
-def stored_masks(handle) -> list:
-    """The quarantine list in force for this model (empty until a mask store is configured)."""
-    try:
-        from .maskstore import MaskStore  # the quarantine store; absent in minimal installs
-    except ImportError:
-        return []
-    return MaskStore().masks(handle)
 
 
 def emit(args, payload: dict, text: str) -> None:

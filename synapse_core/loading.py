@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +44,6 @@ class ModelHandle:
     dtype: torch.dtype
     source: str  # "gguf (converted)", "safetensors cache", "local folder", "hub", "in memory"
     eos_ids: frozenset[int] = field(default_factory=frozenset)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards lazy caches
 
     @property
     def family(self) -> str:
@@ -101,7 +99,7 @@ def file_fingerprint(paths: list[Path]) -> str:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
-    digest = hashlib.sha256()
+    digest, changed = hashlib.sha256(), False
     for path in sorted(paths):
         stat = path.stat()
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -110,9 +108,10 @@ def file_fingerprint(paths: list[Path]) -> str:
             with open(path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
-            memo[key] = h.hexdigest()
+            memo[key], changed = h.hexdigest(), True
         digest.update(memo[key].encode())
-    _atomic_write(memo_path, json.dumps(memo))
+    if changed:  # a warm start reads the memo and writes nothing
+        _atomic_write(memo_path, json.dumps(memo))
     return digest.hexdigest()[:16]
 
 
