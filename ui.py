@@ -122,6 +122,15 @@ def open_trace(key: str) -> TraceRun:
     return TraceRun(exp.result, exp.hash, True, ())
 
 
+def show_run_source(key: str, from_cache: bool, page: str) -> None:
+    """Where a result came from, with its experiment id and a share link that reopens it on `page`."""
+    text = f"experiment `{key}` · [share link]({page}?experiment={key})"
+    if from_cache:
+        st.success(f"Answered from the store · {text}")
+    else:
+        st.caption(f"Computed and stored · {text}")
+
+
 def open_shared_link(opened_key: str, run_key: str, reopen) -> None:
     """Show the result of a `?experiment=` link once per link (a later Run is not overwritten by it).
 

@@ -64,11 +64,7 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last discovery was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
-link = f"[share link](discover?experiment={run.key})"
-if run.from_cache:
-    st.success(f"Answered from the store · experiment `{run.key}` · {link}")
-else:
-    st.caption(f"Computed and stored · experiment `{run.key}` · {link}")
+ui.show_run_source(run.key, run.from_cache, "discover")
 for message in (*result.warnings, *result.notes, *run.notes):
     st.warning(message)
 

@@ -44,11 +44,7 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last trace was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
-link = f"[share link](trace?experiment={run.key})"
-if run.from_cache:
-    st.success(f"Answered from cache · key `{run.key}` · {link}")
-else:
-    st.caption(f"Computed and stored · key `{run.key}` · {link}")
+ui.show_run_source(run.key, run.from_cache, "trace")
 for message in (*result.warnings, *run.notes):
     st.warning(message)
 

@@ -23,7 +23,7 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert fidelity.proto.direction == MetricProto.MetricDirection.NONE  # no arrow: a diff size is not a rise
     key = at.session_state[ui.TRACE_RUN].key
     assert not at.success and at.caption[0].value == (
-        f"Computed and stored · key `{key}` · [share link](trace?experiment={key})")
+        f"Computed and stored · experiment `{key}` · [share link](trace?experiment={key})")
 
     activity, attention, influence = chart_frames(at)
     assert len(activity) == 30 * 9 and activity["activity"].gt(0).all()
@@ -54,7 +54,7 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
 
     at.button(key="trace_run_button").click().run()
     assert not at.exception
-    assert at.success[0].value == f"Answered from cache · key `{key}` · [share link](trace?experiment={key})"
+    assert at.success[0].value == f"Answered from the store · experiment `{key}` · [share link](trace?experiment={key})"
     assert "Paris" in at.code[0].value
 
 

@@ -57,7 +57,7 @@ def test_trace_a_prompt_shows_paris_full_fidelity_and_every_view(app):
     expect(app.metric("Trace fidelity")).to_have_text("100%")
     expect(app.metric("Masked heads")).to_have_text("0")
     expect(app.metric("Lineage depth")).to_have_text("31")  # 30 layers: ingress -> 30 heads -> egress
-    expect(main).to_contain_text("Computed and stored · key")
+    expect(main).to_contain_text("Computed and stored · experiment")
 
     # The layer x head heatmap: vega-embed drew it with a real size, one cell per head (30 x 9),
     # and a label on every layer row (none thinned out for overlap).
