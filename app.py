@@ -1,10 +1,9 @@
 """Synapse: look inside a language model. Entrypoint: `streamlit run app.py`."""
 import streamlit as st
 
-import demo
-import ui
-from synapse_core.errors import SynapseError
-from synapse_core.spec import MASK_LEVELS
+from synapse_core.arch.spec import MASK_LEVELS
+from synapse_core.common.errors import SynapseError
+from ui import core, demo
 
 st.set_page_config(page_title="Synapse", page_icon="🧠", layout="wide")
 
@@ -46,30 +45,30 @@ def try_load(spec: str) -> None:
     """Load `spec` for this session; on failure keep the model in use and say why."""
     try:
         with st.spinner(f"Loading model {spec!r} …"):
-            ui.load_model(spec)
+            core.load_model(spec)
     except SynapseError as exc:
-        st.session_state[ui.LOAD_ERROR] = f"could not load {spec!r}: {exc}"
-        st.session_state.setdefault(ui.LOADED_SPEC, None)
+        st.session_state[core.LOAD_ERROR] = f"could not load {spec!r}: {exc}"
+        st.session_state.setdefault(core.LOADED_SPEC, None)
         return
-    st.session_state[ui.LOADED_SPEC] = spec
-    st.session_state.pop(ui.LOAD_ERROR, None)
+    st.session_state[core.LOADED_SPEC] = spec
+    st.session_state.pop(core.LOAD_ERROR, None)
 
 
 def model_sidebar():
     st.header("Model")
-    st.text_input("Model spec", value=ui.default_spec(), key=ui.MODEL_INPUT,
+    st.text_input("Model spec", value=core.default_spec(), key=core.MODEL_INPUT,
                   help="'bundled' (SmolLM2-135M-Instruct), a folder of safetensors weights, a .gguf file or a hub id")
     if st.button("Load", key="model_load", type="primary"):
-        try_load(st.session_state[ui.MODEL_INPUT].strip())
-    elif ui.LOADED_SPEC not in st.session_state:  # a new session starts on the default model
-        try_load(ui.default_spec())
-    if ui.LOAD_ERROR in st.session_state:
-        st.error(st.session_state[ui.LOAD_ERROR])
-    handle = ui.current_model()
+        try_load(st.session_state[core.MODEL_INPUT].strip())
+    elif core.LOADED_SPEC not in st.session_state:  # a new session starts on the default model
+        try_load(core.default_spec())
+    if core.LOAD_ERROR in st.session_state:
+        st.error(st.session_state[core.LOAD_ERROR])
+    handle = core.current_model()
     if handle is None:
         st.info("No model loaded.")
         return None
-    st.markdown(ui.model_status(handle))
+    st.markdown(core.model_status(handle))
     return handle
 
 
@@ -85,19 +84,19 @@ def demo_sidebar():
 
 def mask_sidebar(handle):
     st.header("Session masks")
-    st.text_input("Heads to mask", key=ui.MASK_TEXT, placeholder="e.g. 3.1, 5.2",
+    st.text_input("Heads to mask", key=core.MASK_TEXT, placeholder="e.g. 3.1, 5.2",
                   help="LAYER.HEAD, comma-separated. Masked heads are switched off on every page in this session.")
-    st.selectbox("Mask level", MASK_LEVELS, key=ui.MASK_LEVEL,
+    st.selectbox("Mask level", MASK_LEVELS, key=core.MASK_LEVEL,
                  help="projection: zero the head's output; attention: zero its attention probabilities; both")
     st.header("Masks in force")
-    st.toggle("Use raw model (ignore quarantine)", key=ui.RAW_MODEL,
+    st.toggle("Use raw model (ignore quarantine)", key=core.RAW_MODEL,
               help="Runs in this session skip the model's stored quarantine; session masks still apply.")
     if handle is None:
         return
     try:
-        quarantine, session = ui.quarantine_masks(handle), ui.session_masks(handle)
+        quarantine, session = core.quarantine_masks(handle), core.session_masks(handle)
     except SynapseError as exc:
-        ui.show_error(exc)
+        core.show_error(exc)
         return
     lines = [f"{name}: " + ", ".join(f"`{m.layer}.{m.head}` ({m.level})" for m in masks)
              for name, masks in (("quarantine", quarantine), ("session", session)) if masks]
@@ -105,25 +104,25 @@ def mask_sidebar(handle):
         st.markdown("  \n".join(lines))
     else:
         st.caption("No heads masked.")
-    if st.session_state.get(ui.RAW_MODEL):
+    if st.session_state.get(core.RAW_MODEL):
         st.caption("Raw model: the stored quarantine is not applied.")
 
 
 def governance_sidebar(handle):
     st.header("Governance")
-    st.text_input("Your name", key=ui.USER_NAME, placeholder="e.g. alice",
+    st.text_input("Your name", key=core.USER_NAME, placeholder="e.g. alice",
                   help="Recorded as the author of the quarantine changes you make in this browser session.")
     if handle is None:
         return
     try:
-        status = ui.governance_status(ui.governance(handle))
+        status = core.governance_status(core.governance(handle))
     except SynapseError as exc:  # a wrongly configured server, e.g. a host that is not a URL
-        ui.show_error(exc)
+        core.show_error(exc)
         return
     if status.error:
-        st.warning(ui.connection_text(status))
+        st.warning(core.connection_text(status))
     else:
-        st.caption(ui.connection_text(status))
+        st.caption(core.connection_text(status))
 
 
 demo.keep(st.session_state)  # page widgets keep their values while another page is shown

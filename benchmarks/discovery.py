@@ -42,12 +42,12 @@ def main() -> None:
     import torch
 
     from synapse_core import Intervention, load_model
-    from synapse_core.attribution import attribute_heads
-    from synapse_core.discovery import discover, discovery_config, spearman
-    from synapse_core.interventions import forward_last, prepare
-    from synapse_core.metrics import resolve_target
-    from synapse_core.sweep import one_by_one_scores
-    from synapse_core.tokens import encode_prompt
+    from synapse_core.analysis.attribution import attribute_heads
+    from synapse_core.analysis.discovery import discover, discovery_config, spearman
+    from synapse_core.interventions.metrics import resolve_target
+    from synapse_core.interventions.ops import forward_last, prepare
+    from synapse_core.interventions.sweep import one_by_one_scores
+    from synapse_core.model.tokens import encode_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)

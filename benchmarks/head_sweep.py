@@ -36,10 +36,10 @@ def main() -> None:
     import torch
 
     from synapse_core import Intervention, load_model
-    from synapse_core.interventions import forward_last, prepare
-    from synapse_core.metrics import resolve_target
-    from synapse_core.sweep import batched_scores, one_by_one_scores
-    from synapse_core.tokens import encode_prompt
+    from synapse_core.interventions.metrics import resolve_target
+    from synapse_core.interventions.ops import forward_last, prepare
+    from synapse_core.interventions.sweep import batched_scores, one_by_one_scores
+    from synapse_core.model.tokens import encode_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,7 +36,8 @@ print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "source": handle.sour
 _MEMORY_CHILD = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
-from synapse_core import load_model, trace
+from synapse_core import load_model
+from synapse_core.analysis.trace import trace
 handle = load_model("bundled", device="cpu", dtype="float32")
 tok = handle.tokenizer
 words = ("the tower stands in a city of light and the river runs past old stone bridges " * 200).split()
@@ -63,9 +64,9 @@ def _child(code: str, env: dict) -> dict:
 
 def bench_generation(tokens: int, reps: int) -> dict:
     from synapse_core import load_model
-    from synapse_core.generation import Sampling, decode
-    from synapse_core.tokens import encode_prompt
-    from synapse_core.trace import trace
+    from synapse_core.analysis.trace import trace
+    from synapse_core.model.generation import Sampling, decode
+    from synapse_core.model.tokens import encode_prompt
 
     handle = load_model("bundled", device="cpu", dtype="float32")
     ids, _ = encode_prompt(handle, PROMPT)

@@ -3,15 +3,15 @@ token; sweep the operation over every head or layer; evaluate it over a prompt s
 stored experiment; its share link `?experiment=<hash>` opens it here."""
 import streamlit as st
 
-import ui
-import ui_trace
-import ui_ablate
-from synapse_core.errors import SynapseError
-from synapse_core.experiments import ablation_config, promptset_config, sweep_config
-from synapse_core.interventions import parse_positions
-from synapse_core.metrics import METRIC_LABELS, METRICS, resolve_target
-from synapse_core.spec import OPS, TARGET_SITES
-from synapse_core.sweep import LAYER_SITES
+from synapse_core.arch.spec import OPS, TARGET_SITES
+from synapse_core.common.errors import SynapseError
+from synapse_core.experiments.records import ablation_config, promptset_config, sweep_config
+from synapse_core.interventions.metrics import METRIC_LABELS, METRICS, resolve_target
+from synapse_core.interventions.ops import parse_positions
+from synapse_core.interventions.sweep import LAYER_SITES
+from ui import ablate as ui_ablate
+from ui import core
+from ui import trace as ui_trace
 
 st.title("Ablate")
 
@@ -19,19 +19,19 @@ shared = st.query_params.get("experiment")
 if shared:  # a share link: show the stored result first (it needs no model)
     st.subheader("Shared experiment")
     try:
-        found = ui.open_experiment(shared)
+        found = core.open_experiment(shared)
         if found is None:
             st.error(f"No experiment {shared} is stored here: it was deleted, or made on another machine.")
         else:
             ui_ablate.show_experiment(found, "ablate_shared")
     except SynapseError as exc:
-        ui.show_error(exc)
+        core.show_error(exc)
     if st.button("Close the shared experiment", key="ablate_shared_close"):
         del st.query_params["experiment"]
         st.rerun()
     st.divider()
 
-handle = ui.require_model()
+handle = core.require_model()
 
 st.subheader("Intervention")
 site_col, what_col, op_col, pos_col = st.columns(4)
@@ -76,7 +76,7 @@ if target:
         if t.warnings:  # several tokens, or a leading space that changes the token: shown with both spellings
             st.warning("  \n".join(t.warnings))
     except SynapseError as exc:
-        ui.show_error(exc)
+        core.show_error(exc)
 
 
 def chosen():
@@ -85,18 +85,18 @@ def chosen():
 
 
 def masks_settings():
-    return ui.masks_in_force(handle), ui_ablate.op_settings(op, reference, plus, minus, scale)
+    return core.masks_in_force(handle), ui_ablate.op_settings(op, reference, plus, minus, scale)
 
 
 def run(state_key: str, make_config) -> None:
     """Build the config and run it through the store, with a progress bar; errors shown, never kept."""
     bar = st.progress(0.0, text="starting")
     try:
-        st.session_state[state_key] = ui.run_experiment(
+        st.session_state[state_key] = core.run_experiment(
             handle, make_config(), progress=lambda done, total, msg: bar.progress(min(done / total, 1.0), text=msg))
     except SynapseError as exc:
         st.session_state.pop(state_key, None)
-        ui.show_error(exc)
+        core.show_error(exc)
     finally:
         bar.empty()
 
@@ -110,8 +110,8 @@ def show(state_key: str, prefix: str) -> None:
 
 
 if st.button("Run", key="ablate_run_button", type="primary"):
-    run(ui.ABLATE_RUN, lambda: ablation_config(handle, prompt, target, chosen(), contrast or None, *masks_settings()))
-show(ui.ABLATE_RUN, "ablate_result")
+    run(core.ABLATE_RUN, lambda: ablation_config(handle, prompt, target, chosen(), contrast or None, *masks_settings()))
+show(core.ABLATE_RUN, "ablate_result")
 
 st.subheader("Sweep")
 st.caption("The operation above applied to every head, or to each site of every layer, one at a time: a causal map.")
@@ -122,9 +122,9 @@ sites = sites_col.multiselect("Layer sites", LAYER_SITES, default=list(LAYER_SIT
                               format_func=ui_ablate.SITE_LABELS.get, disabled=over == "heads")
 sites = ("attn.head",) if over == "heads" else tuple(sites)
 if st.button("Sweep", key="ablate_sweep_button"):
-    run(ui.ABLATE_SWEEP, lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,
+    run(core.ABLATE_SWEEP, lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,
                                               parse_positions(positions), source or None, metric, *masks_settings()))
-show(ui.ABLATE_SWEEP, "ablate_sweep")
+show(core.ABLATE_SWEEP, "ablate_sweep")
 
 st.subheader("Prompt set")
 st.caption("The intervention above over many prompts: clean vs intervened for each, and the aggregate.")
@@ -132,6 +132,6 @@ lines = st.text_area('One `prompt | target | contrast` per line (contrast option
                      'spaces: " Mary")', key="ablate_promptset_text")
 upload = st.file_uploader("… or a CSV with columns prompt, target, contrast", type="csv", key="ablate_promptset_csv")
 if st.button("Run on the prompt set", key="ablate_promptset_button"):
-    run(ui.ABLATE_PROMPTSET, lambda: promptset_config(handle, ui_ablate.prompt_cases(lines, upload), chosen(),
+    run(core.ABLATE_PROMPTSET, lambda: promptset_config(handle, ui_ablate.prompt_cases(lines, upload), chosen(),
                                                       *masks_settings(), metric=metric))
-show(ui.ABLATE_PROMPTSET, "ablate_promptset")
+show(core.ABLATE_PROMPTSET, "ablate_promptset")

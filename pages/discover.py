@@ -2,16 +2,16 @@
 import streamlit as st
 from streamlit_agraph import agraph
 
-import ui
-import ui_discover as ud
-from synapse_core.discovery import MIN_DRAWS, PAIR_RANGE, RHO_HEADS, TOP_K_RANGE, discovery_config
-from synapse_core.errors import SynapseError
+from synapse_core.analysis.discovery import MIN_DRAWS, PAIR_RANGE, RHO_HEADS, TOP_K_RANGE, discovery_config
+from synapse_core.common.errors import SynapseError
+from ui import core
+from ui import discover as ud
 
 st.title("Discover")
 st.caption("Name an output you do not want; every head is ranked by attribution patching (one forward and one "
            "backward pass), the strongest are verified by real ablation, and the circuit is tested against random "
            "head sets. Effect = metric after ablation − before: negative means the head pushes toward the target.")
-handle = ui.require_model()
+handle = core.require_model()
 
 mode = st.radio("Input", [ud.SINGLE, ud.PROMPT_SET], horizontal=True, key="discover_mode")
 if mode == ud.SINGLE:
@@ -44,18 +44,18 @@ if st.button("Run", key="discover_run_button", type="primary"):
         cases = None if mode == ud.SINGLE else ud.cases(lines, upload)
         config = discovery_config(
             handle, **(dict(prompt=prompt, target=target, contrast=contrast) if cases is None else dict(cases=cases)),
-            top_k_heads=int(top_k), max_pair_sweeps=int(max_pairs), masks=ui.masks_in_force(handle),
+            top_k_heads=int(top_k), max_pair_sweeps=int(max_pairs), masks=core.masks_in_force(handle),
             verify_heads=int(verify), baseline_draws=int(draws), seed=int(seed))
-        st.session_state[ui.LAST_DISCOVERY] = ud.run(handle, config, ud.stage_progress(bar))
+        st.session_state[core.LAST_DISCOVERY] = ud.run(handle, config, ud.stage_progress(bar))
     except SynapseError as exc:
-        st.session_state.pop(ui.LAST_DISCOVERY, None)
-        ui.show_error(exc)
+        st.session_state.pop(core.LAST_DISCOVERY, None)
+        core.show_error(exc)
     finally:
         bar.empty()
 
-ui.open_shared_link(ud.OPENED_LINK, ui.LAST_DISCOVERY, ud.reopen)
+core.open_shared_link(ud.OPENED_LINK, core.LAST_DISCOVERY, ud.reopen)
 
-run = st.session_state.get(ui.LAST_DISCOVERY)
+run = st.session_state.get(core.LAST_DISCOVERY)
 if not isinstance(run, ud.DiscoveryRun):
     st.info("Type a prompt and the target token, then press **Run** to discover the heads behind it.")
     st.stop()
@@ -64,7 +64,7 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last discovery was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
-ui.show_run_source(run.key, run.from_cache, "discover")
+core.show_run_source(run.key, run.from_cache, "discover")
 for message in (*result.warnings, *result.notes, *run.notes):
     st.warning(message)
 
@@ -120,7 +120,7 @@ with st.container(border=True):
     st.button("Quarantine", key="discover_quarantine_button", type="primary",
               on_click=ud.quarantine, args=(handle, run))
     st.caption("Masks the heads' output (level projection, as the discovery ablated them) in every later run; "
-               "recorded with this experiment as evidence, as " + (ui.user_name() or "this machine's user (type "
+               "recorded with this experiment as evidence, as " + (core.user_name() or "this machine's user (type "
                "your name under Governance in the sidebar)") + ". Manage it on the **Governance** page.")
     if ud.QUARANTINE_REPORT in st.session_state:
         kind, message = st.session_state.pop(ud.QUARANTINE_REPORT)

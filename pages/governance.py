@@ -1,32 +1,32 @@
 """Governance: quarantine heads proven harmful, keep the record of why, and govern it in OpenMetadata."""
 import streamlit as st
 
-import ui
-import ui_trace
-from synapse_core.errors import BadInput, SynapseError
-from synapse_core.spec import MASK_LEVELS, parse_heads
-from synapse_core.verify import verify
+from synapse_core.analysis.verify import verify
+from synapse_core.arch.spec import MASK_LEVELS, parse_heads
+from synapse_core.common.errors import BadInput, SynapseError
+from ui import core
+from ui import trace as ui_trace
 
 st.title("Governance")
-handle = ui.require_model()
+handle = core.require_model()
 try:
-    gov = ui.governance(handle)
+    gov = core.governance(handle)
 except SynapseError as exc:  # e.g. an [openmetadata] host that is not a URL
-    ui.show_error(exc)
+    core.show_error(exc)
     st.stop()
 
 
 def act(change, *reset):
     """Button callback: run one change before the rerun (so the sidebar shows its result) and keep its message."""
     try:
-        report = change(ui.governance(handle))
+        report = change(core.governance(handle))
     except SynapseError as exc:
-        st.session_state[ui.GOV_REPORT] = ("error", str(exc))
+        st.session_state[core.GOV_REPORT] = ("error", str(exc))
     else:
-        st.session_state[ui.GOV_REPORT] = ui.report_message(report)
+        st.session_state[core.GOV_REPORT] = core.report_message(report)
         for key in reset:
             st.session_state[key] = False
-    ui.refresh_status()
+    core.refresh_status()
 
 
 def text(key: str) -> str | None:
@@ -39,7 +39,7 @@ def clear(g):
     return g.clear()
 
 
-status, masks, pending = ui.governance_status(gov), gov.masks(), gov.pending()
+status, masks, pending = core.governance_status(gov), gov.masks(), gov.pending()
 mode_col, version_col, masked_col, outbox_col = st.columns([3, 2, 2, 2])
 mode_col.metric("Governed in", "OpenMetadata" if gov.config else "Embedded", border=True,
                 help=gov.config.server if gov.config else "this machine's mask store; no server configured")
@@ -48,15 +48,15 @@ version_col.metric("Server version", status.server_version or "–", border=True
 masked_col.metric("Quarantined heads", len(masks), border=True)
 outbox_col.metric("Outbox", len(pending), border=True, help="changes waiting to be sent to OpenMetadata")
 if status.error:
-    st.error(ui.connection_text(status))
+    st.error(core.connection_text(status))
 if gov.config and pending:
     last = next((i.last_error for i in pending if i.last_error), None)
     st.warning(f"The quarantine took effect locally; {len(pending)} change(s) wait in the outbox and will be sent "
                "on the next sync." + (f" Last attempt: {last}." if last else ""))
 elif not gov.config:
     st.caption(status.message)
-if ui.GOV_REPORT in st.session_state:
-    kind, message = st.session_state.pop(ui.GOV_REPORT)
+if core.GOV_REPORT in st.session_state:
+    kind, message = st.session_state.pop(core.GOV_REPORT)
     getattr(st, kind)(message)
 
 boot_col, sync_col = st.columns(2)
@@ -66,28 +66,28 @@ sync_col.button("Sync defects", key="gov_sync", disabled=not gov.config, on_clic
                 help="Send the outbox, then make the local quarantine equal to the heads tagged DEFECTIVE")
 
 st.subheader("Quarantined heads")
-table, audit = ui.mask_table(masks), gov.audit()
-st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": ui.experiment_column()})
+table, audit = core.mask_table(masks), gov.audit()
+st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": core.experiment_column()})
 csv_col, json_col = st.columns(2)
-csv_col.download_button("Mask table (CSV)", ui.mask_table(masks, links=False).to_csv(index=False),
+csv_col.download_button("Mask table (CSV)", core.mask_table(masks, links=False).to_csv(index=False),
                         file_name=f"quarantine-{handle.fingerprint}.csv", mime="text/csv", key="gov_download_masks_csv")
-json_col.download_button("Mask table (JSON)", ui.records_json(masks), file_name=f"quarantine-{handle.fingerprint}.json",
+json_col.download_button("Mask table (JSON)", core.records_json(masks), file_name=f"quarantine-{handle.fingerprint}.json",
                          mime="application/json", key="gov_download_masks_json")
 with st.expander(f"Audit log, newest first ({len(audit)})"):
-    st.dataframe(ui.audit_table(audit), key="gov_audit_table", hide_index=True)
+    st.dataframe(core.audit_table(audit), key="gov_audit_table", hide_index=True)
     csv_col, json_col = st.columns(2)
-    csv_col.download_button("Audit log (CSV)", ui.audit_table(audit).to_csv(index=False), mime="text/csv",
+    csv_col.download_button("Audit log (CSV)", core.audit_table(audit).to_csv(index=False), mime="text/csv",
                             file_name=f"audit-{handle.fingerprint}.csv", key="gov_download_audit_csv")
-    json_col.download_button("Audit log (JSON)", ui.records_json(audit), mime="application/json",
+    json_col.download_button("Audit log (JSON)", core.records_json(audit), mime="application/json",
                              file_name=f"audit-{handle.fingerprint}.json", key="gov_download_audit_json")
 
 st.subheader("Change the quarantine")
-named = ui.user_name() is not None
+named = core.user_name() is not None
 if not named:
     st.info("Type your name under **Governance** in the sidebar: every change records who made it.")
 with st.container(border=True):
     st.markdown("**Top head from the last discovery**")
-    top = ui.top_discovered(st.session_state.get(ui.LAST_DISCOVERY))
+    top = core.top_discovered(st.session_state.get(core.LAST_DISCOVERY))
     if top is None:
         st.info("No discovery has run yet in this session: run one on the **Discover** page, then come back.")
     else:
@@ -133,11 +133,11 @@ else:
     target = st.text_input("Target token", key="gov_verify_target", placeholder="' Paris'")
 if st.button("Verify", key="gov_verify_button"):
     try:
-        st.session_state[ui.GOV_VERIFY] = verify(handle, prompt, target, [e.mask for e in masks])
+        st.session_state[core.GOV_VERIFY] = verify(handle, prompt, target, [e.mask for e in masks])
     except SynapseError as exc:
-        st.session_state.pop(ui.GOV_VERIFY, None)
-        ui.show_error(exc)
-check = st.session_state.get(ui.GOV_VERIFY)
+        st.session_state.pop(core.GOV_VERIFY, None)
+        core.show_error(exc)
+check = st.session_state.get(core.GOV_VERIFY)
 if check is not None:
     masked_col, raw_col = st.columns(2)
     token = ui_trace.show_token(check.target_token)
@@ -151,4 +151,4 @@ if check is not None:
         st.warning(warning)
 
 with st.expander("Catalog: the model as OpenMetadata tables (Layer_N) and columns (Head_N)"):
-    st.dataframe(ui.catalog_table(gov.view()), key="gov_catalog", hide_index=True)
+    st.dataframe(core.catalog_table(gov.view()), key="gov_catalog", hide_index=True)

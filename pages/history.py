@@ -2,14 +2,14 @@
 model and text; reopen one, export it, delete it. `?experiment=<hash>` opens one directly."""
 import streamlit as st
 
-import ui
-import ui_ablate
-from synapse_core.errors import SynapseError
-from synapse_core.experiments import delete_experiment, list_experiments
+from synapse_core.common.errors import SynapseError
+from synapse_core.experiments.records import delete_experiment, list_experiments
+from ui import ablate as ui_ablate
+from ui import core
 
 st.title("History")
-store = ui.experiment_store()
-report = st.session_state.pop(ui.HISTORY_REPORT, None)
+store = core.experiment_store()
+report = st.session_state.pop(core.HISTORY_REPORT, None)
 if report:
     st.success(report)
 
@@ -23,7 +23,7 @@ try:
     search = text_col.text_input("Search titles and prompts", key="history_search")
     shown, problems = list_experiments(store, kind, model, search.strip() or None)
 except SynapseError as exc:
-    ui.show_error(exc)
+    core.show_error(exc)
     st.stop()
 for problem in problems:  # listed, never hidden: the entry is skipped, the rest still shows
     st.warning(f"Skipped a stored entry: {problem}")
@@ -53,34 +53,34 @@ else:
         st.stop()
 
 try:
-    exp = ui.open_experiment(opened)
+    exp = core.open_experiment(opened)
 except SynapseError as exc:
-    ui.show_error(exc)
+    core.show_error(exc)
     st.stop()
 if exp is None:
     st.error(f"No experiment {opened} is stored here: it was deleted, or made on another machine.")
     st.stop()
 
-if st.session_state.get(ui.HISTORY_CONFIRM) == exp.hash:
+if st.session_state.get(core.HISTORY_CONFIRM) == exp.hash:
     st.warning(f"Delete experiment `{exp.hash}` ({exp.config.title})? This cannot be undone.")
     yes, no = st.columns(2)
     if yes.button("Yes, delete it", key="history_delete_yes", type="primary"):
         try:
             deleted = delete_experiment(store, exp.hash)
         except SynapseError as exc:
-            ui.show_error(exc)
+            core.show_error(exc)
             st.stop()
-        st.session_state.pop(ui.HISTORY_CONFIRM)
-        st.session_state[ui.HISTORY_REPORT] = (f"Deleted experiment {exp.hash}." if deleted
+        st.session_state.pop(core.HISTORY_CONFIRM)
+        st.session_state[core.HISTORY_REPORT] = (f"Deleted experiment {exp.hash}." if deleted
                                                else f"Experiment {exp.hash} was already gone.")
         if link == exp.hash:
             del st.query_params["experiment"]
         st.rerun()
     if no.button("Cancel", key="history_delete_no"):
-        st.session_state.pop(ui.HISTORY_CONFIRM)
+        st.session_state.pop(core.HISTORY_CONFIRM)
         st.rerun()
 elif st.button("Delete…", key="history_delete"):
-    st.session_state[ui.HISTORY_CONFIRM] = exp.hash
+    st.session_state[core.HISTORY_CONFIRM] = exp.hash
     st.rerun()
 
 ui_ablate.show_experiment(exp, "history_open")

@@ -2,13 +2,13 @@
 import streamlit as st
 from streamlit_agraph import agraph
 
-import ui
-import ui_trace
 from synapse_core import Sampling
-from synapse_core.errors import SynapseError
+from synapse_core.common.errors import SynapseError
+from ui import core
+from ui import trace as ui_trace
 
 st.title("Trace")
-handle = ui.require_model()
+handle = core.require_model()
 
 prompt = st.text_area("Prompt", key="trace_prompt", placeholder="The Eiffel Tower is in the city of")
 max_new = st.number_input("Max new tokens", min_value=1, max_value=256, value=20, key="trace_max_new")
@@ -21,21 +21,21 @@ with st.expander("Sampling (default: greedy)"):
 if st.button("Run", key="trace_run_button", type="primary"):
     bar = st.progress(0.0, text="starting")
     try:
-        masks = ui.masks_in_force(handle)
+        masks = core.masks_in_force(handle)
         sampling = Sampling(temperature=float(temperature), top_k=int(top_k), seed=int(seed))
-        st.session_state[ui.TRACE_RUN] = ui.run_trace(
+        st.session_state[core.TRACE_RUN] = core.run_trace(
             handle, prompt, int(max_new), masks, sampling,
             progress=lambda done, total, message: bar.progress(min(done / total, 1.0), text=message),
         )
     except SynapseError as exc:
-        st.session_state.pop(ui.TRACE_RUN, None)
-        ui.show_error(exc)
+        st.session_state.pop(core.TRACE_RUN, None)
+        core.show_error(exc)
     finally:
         bar.empty()
 
-ui.open_shared_link("trace_opened_link", ui.TRACE_RUN, ui.open_trace)
+core.open_shared_link("trace_opened_link", core.TRACE_RUN, core.open_trace)
 
-run = st.session_state.get(ui.TRACE_RUN)
+run = st.session_state.get(core.TRACE_RUN)
 if run is None:
     st.info("Type a prompt and press **Run** to trace the model.")
     st.stop()
@@ -44,13 +44,13 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last trace was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
-ui.show_run_source(run.key, run.from_cache, "trace")
+core.show_run_source(run.key, run.from_cache, "trace")
 for message in (*result.warnings, *run.notes):
     st.warning(message)
 
 backend, fidelity, depth, masked = st.columns(4)
-backend.metric("Backend", f"{handle.device.type} · {ui.short_dtype(handle)}", border=True,
-              help=f"Hugging Face transformers on {handle.device} with {ui.short_dtype(handle)} weights")
+backend.metric("Backend", f"{handle.device.type} · {core.short_dtype(handle)}", border=True,
+              help=f"Hugging Face transformers on {handle.device} with {core.short_dtype(handle)} weights")
 fidelity.metric("Trace fidelity", f"{result.fidelity.token_agreement:.0%}",
                 delta=f"max logit diff {result.fidelity.max_logit_diff:.1e}", delta_color="off", delta_arrow="off",
                 border=True,
@@ -87,7 +87,7 @@ head = head_col.selectbox("Head", range(handle.arch.n_heads), index=top.head, ke
 output = out_col.selectbox("Output token", outputs, format_func=token_label, key="trace_attn_output")
 try:
     with st.spinner("Computing the attention pattern …"):
-        matrix = ui.head_attention(handle, result, output, layer, head)
+        matrix = core.head_attention(handle, result, output, layer, head)
     tokens = result.prompt_tokens + result.generated_tokens[:output]
     with st.container(key="trace_attention_chart_box"):
         st.altair_chart(ui_trace.attention_heatmap(matrix, tokens), key="trace_attention_chart")
@@ -95,7 +95,7 @@ try:
                f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
                "position that predicted that token (the trace records that row for every head).")
 except SynapseError as exc:
-    ui.show_error(exc)
+    core.show_error(exc)
 
 st.subheader("Thought path")
 nodes, edges, config = ui_trace.path_graph(result)
@@ -109,13 +109,13 @@ st.subheader("Token influence")
 target = st.selectbox("Generated token to explain", outputs, format_func=token_label, key="trace_influence_output")
 try:
     with st.spinner("Computing token influence …"):
-        influence = ui.influence(handle, result, target)
+        influence = core.influence(handle, result, target)
     with st.container(key="trace_influence_chart_box"):
         st.altair_chart(ui_trace.influence_bars(influence), key="trace_influence_chart")
     st.caption(f"Influence: {influence.method}. log p({ui_trace.show_token(influence.output_token)}) = "
                f"{influence.log_prob:.3f}, masks of the run in force.")
 except SynapseError as exc:
-    ui.show_error(exc)
+    core.show_error(exc)
 
 st.subheader("Downloads")
 json_col, heads_col, steps_col = st.columns(3)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pyarrow as pa
 from streamlit.testing.v1 import AppTest
 
-import ui
+from ui import core
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The Eiffel Tower is in the city of"
@@ -15,7 +15,7 @@ def app(masks: str = "") -> AppTest:
     """The full app (sidebar loads the default model), with `masks` typed in the sidebar."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     if masks:
-        at.sidebar.text_input(key=ui.MASK_TEXT).input(masks).run()
+        at.sidebar.text_input(key=core.MASK_TEXT).input(masks).run()
     return at
 
 

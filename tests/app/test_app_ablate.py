@@ -1,8 +1,9 @@
 """The Ablate page on the real bundled model, driven by widget keys."""
 import json
 
-import ui
 from app_helpers import app, chart_frames, metrics
+
+from ui import core
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 NAME_MOVER = "23.3"  # zero-ablating it costs the IOI logit difference about 3 (of 6.1)
@@ -43,7 +44,7 @@ def test_head_zero_ablation_on_ioi_shows_clean_vs_intervened_and_a_rerun_comes_f
     assert "Scored on token `·Mary` (5099) against `·John` (2322)" in [c.value for c in at.caption]
     at.button(key="ablate_run_button").click().run()
     assert not at.exception and not at.error
-    exp = at.session_state[ui.ABLATE_RUN]
+    exp = at.session_state[core.ABLATE_RUN]
     key = exp.hash
     rows = table(at, "metric").set_index("metric")
     prob, diff, kl = rows.loc["p(target)"], rows.loc["logit(target) - logit(contrast)"], rows.loc[
@@ -116,7 +117,7 @@ def test_patch_from_itself_changes_nothing_and_mean_ablation_says_how_it_average
     assert not at.exception and not at.error
     rows = table(at, "metric").set_index("metric")
     assert (rows["change"].abs() < 1e-5).all()
-    assert "layers.5.mlp" in at.session_state[ui.ABLATE_RUN].config.title
+    assert "layers.5.mlp" in at.session_state[core.ABLATE_RUN].config.title
 
     at.selectbox(key="ablate_op").set_value("mean").run()
     at.text_area(key="ablate_reference").input(  # the user's own reference set, both longer than the prompt
@@ -148,4 +149,4 @@ def test_bad_input_is_an_error_and_leaves_no_result():
         at.button(key="ablate_run_button").click().run()
         assert not at.exception
         assert [message in e.value for e in at.error] == [True], (inputs, [e.value for e in at.error])
-        assert ui.ABLATE_RUN not in at.session_state
+        assert core.ABLATE_RUN not in at.session_state

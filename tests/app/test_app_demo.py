@@ -1,9 +1,9 @@
 """The guided demo: one click on an example fills the Trace, Discover and Ablate pages, which then
 open ready to Run, and the values survive moving between the pages."""
 import pytest
-
-import demo
 from app_helpers import app
+
+from ui import demo
 
 
 def test_home_shows_the_examples_and_the_walkthrough():

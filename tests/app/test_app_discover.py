@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import ui
-import ui_discover
 from app_helpers import app, chart_frames, metrics
+
+from ui import core
+from ui import discover as ui_discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the tiny word-level models
 from ablation_models import tiny_handle  # noqa: E402
 
-from synapse_core.governance import Governance  # noqa: E402
+from synapse_core.governance.service import Governance  # noqa: E402
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 TARGET, CONTRAST = " Mary", " John"
@@ -53,7 +53,7 @@ def graph_of(at):
 def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_the_store():
     at = run_ioi(discover_page())
     assert not at.exception and not at.error
-    run = at.session_state[ui.LAST_DISCOVERY]
+    run = at.session_state[core.LAST_DISCOVERY]
     result = run.result
     heads, candidates, edges, pairs = (d.value for d in at.dataframe)
     assert len(heads) == 5 and (heads["verified effect"] < 0).all()
@@ -91,26 +91,26 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
     assert len(at.get("download_button")) == 2
 
     # the Governance page's "top head of the last discovery" reads this session's result
-    top = ui.top_discovered(run)
+    top = core.top_discovered(run)
     assert top.head == strongest and top.experiment == run.key and top.prompt == IOI and top.target == TARGET
 
     at = at.button(key="discover_run_button").click().run()
     assert not at.exception and not at.error
     assert at.success[0].value.startswith(f"Answered from the store · experiment `{run.key}`")
-    assert at.session_state[ui.LAST_DISCOVERY].from_cache
-    assert at.session_state[ui.LAST_DISCOVERY].result.heads == result.heads
+    assert at.session_state[core.LAST_DISCOVERY].from_cache
+    assert at.session_state[core.LAST_DISCOVERY].result.heads == result.heads
 
 
 def test_a_share_link_reopens_the_stored_discovery_and_a_later_run_replaces_it():
     at = run_ioi(discover_page())  # stored by the test above, or computed here
-    key = at.session_state[ui.LAST_DISCOVERY].key
+    key = at.session_state[core.LAST_DISCOVERY].key
     assert any(f"(discover?experiment={key})" in m.value for m in [*at.success, *at.caption])
 
     linked = app()
     linked.query_params["experiment"] = key
     linked = discover_page(linked)
     assert not linked.exception and not linked.error
-    assert linked.session_state[ui.LAST_DISCOVERY].key == key and len(linked.dataframe[0].value) == 5
+    assert linked.session_state[core.LAST_DISCOVERY].key == key and len(linked.dataframe[0].value) == 5
     assert linked.success[0].value.startswith(f"Answered from the store · experiment `{key}`")
     linked.number_input(key="discover_verify").set_value(5)
     linked = run_ioi(linked, top_k=2, pairs=1)  # a new run is shown, not replaced by the link again
@@ -127,7 +127,7 @@ def test_a_share_link_reopens_the_stored_discovery_and_a_later_run_replaces_it()
 
 def test_quarantine_puts_the_chosen_heads_into_the_mask_store(home):
     at = run_ioi(discover_page())
-    run = at.session_state[ui.LAST_DISCOVERY]
+    run = at.session_state[core.LAST_DISCOVERY]
     circuit = [f"{h.layer}.{h.head}" for h in run.result.heads]
     assert at.multiselect(key="discover_quarantine_heads").value == circuit  # the circuit by default
     chosen = circuit[:2]
@@ -137,7 +137,7 @@ def test_quarantine_puts_the_chosen_heads_into_the_mask_store(home):
         assert not at.exception and not at.error
         message = at.success[-1].value
         assert message.startswith("Quarantined ") and all(head in message for head in chosen)
-        entries = Governance(ui.load_model(ui.default_spec()), None).masks()
+        entries = Governance(core.load_model(core.default_spec()), None).masks()
         assert sorted(e.short for e in entries) == sorted(chosen)
         entry = next(e for e in entries if e.short == chosen[0])
         assert (entry.experiment, entry.prompt, entry.target, entry.level) == (run.key, IOI, TARGET, "projection")
@@ -155,7 +155,7 @@ def test_bad_input_is_an_error_and_shows_no_result(target, contrast, message):
     at = run_ioi(discover_page(), target=target, contrast=contrast)
     assert not at.exception
     assert [e.value for e in at.error] and message in at.error[0].value
-    assert ui.LAST_DISCOVERY not in at.session_state and at.info[0].value.startswith("Type a prompt")
+    assert core.LAST_DISCOVERY not in at.session_state and at.info[0].value.startswith("Type a prompt")
 
 
 def test_an_engine_range_error_reaches_the_page(monkeypatch):
@@ -163,7 +163,7 @@ def test_an_engine_range_error_reaches_the_page(monkeypatch):
     real = ui_discover.run_discovery
 
     def with_top_k_0(handle, config, *args, **kwargs):
-        from synapse_core.discovery import discovery_config
+        from synapse_core.analysis.discovery import discovery_config
         discovery_config(handle, config.prompts[0], config.targets[0], config.contrasts[0], top_k_heads=0)
         return real(handle, config, *args, **kwargs)
 
@@ -183,9 +183,9 @@ def tiny_folder(tmp_path_factory):
 
 def tiny_discover_page(folder):
     at = app()
-    at.sidebar.text_input(key=ui.MODEL_INPUT).input(folder)
+    at.sidebar.text_input(key=core.MODEL_INPUT).input(folder)
     at = at.sidebar.button(key="model_load").click().run()
-    assert not at.sidebar.error and os.path.basename(folder) in at.session_state[ui.LOADED_SPEC]
+    assert not at.sidebar.error and os.path.basename(folder) in at.session_state[core.LOADED_SPEC]
     return discover_page(at)
 
 
@@ -206,7 +206,7 @@ def test_a_prompt_set_averages_over_prompts_and_shows_the_spread(tiny_folder):
     at.slider(key="discover_top_k").set_value(3)
     at = at.button(key="discover_run_button").click().run()
     assert not at.exception and not at.error
-    result = at.session_state[ui.LAST_DISCOVERY].result
+    result = at.session_state[core.LAST_DISCOVERY].result
     assert len(result.cases) == 2 and result.metric == "logit_diff"
     heads = at.dataframe[0].value
     assert len(heads) == 3 and {"estimated std", "verified std"} <= set(heads)
@@ -215,4 +215,4 @@ def test_a_prompt_set_averages_over_prompts_and_shows_the_spread(tiny_folder):
 
     at.text_area(key="discover_lines").input("a line without a target")
     at = at.button(key="discover_run_button").click().run()
-    assert "line 1" in at.error[0].value and ui.LAST_DISCOVERY not in at.session_state
+    assert "line 1" in at.error[0].value and core.LAST_DISCOVERY not in at.session_state

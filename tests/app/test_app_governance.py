@@ -7,16 +7,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-import ui
 from app_helpers import PROMPT, chart_frames, metrics, run_trace
 from app_helpers import app as fresh_app
 
+from ui import core
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the omstub package
 from omstub import OMStub  # noqa: E402
-
-from synapse_core.catalog import TAG_FQN  # noqa: E402
-from synapse_core.omconfig import HOST_ENV, TOKEN_ENV  # noqa: E402
+from synapse_core.governance.catalog import TAG_FQN  # noqa: E402
+from synapse_core.governance.omconfig import HOST_ENV, TOKEN_ENV  # noqa: E402
 
 TOKEN = "eyJraWQiOiJhcHAtdGVzdCJ9.Ym90.sig-app"
 TABLE = "Synapse_Neural_Service.SmolLM2-135M-Instruct.Transformer_Graph.Layer_{}"
@@ -32,7 +31,7 @@ def own_home(tmp_path, monkeypatch):
 def governance_page(name: str | None = "alice"):
     at = fresh_app()
     if name:
-        at.sidebar.text_input(key=ui.USER_NAME).input(name).run()
+        at.sidebar.text_input(key=core.USER_NAME).input(name).run()
     return at.switch_page("pages/governance.py").run()
 
 
@@ -74,15 +73,15 @@ def test_a_quarantine_from_the_page_masks_every_trace_until_released():
 
     at = run_trace(at.switch_page("pages/trace.py").run())
     assert not at.exception and not at.error
-    assert metrics(at)["Masked heads"] == "1" and at.session_state[ui.TRACE_RUN].result.masked_heads[0].head == 1
+    assert metrics(at)["Masked heads"] == "1" and at.session_state[core.TRACE_RUN].result.masked_heads[0].head == 1
     activity = chart_frames(at)[0]
     assert activity[(activity["layer"] == 3) & (activity["head"] == 1)]["activity"].item() == 0
 
-    at.sidebar.toggle(key=ui.RAW_MODEL).set_value(True).run()
+    at.sidebar.toggle(key=core.RAW_MODEL).set_value(True).run()
     assert in_force(at) == "No heads masked." and "Raw model" in at.sidebar.caption[-2].value
     at = run_trace(at)
     assert metrics(at)["Masked heads"] == "0"
-    at.sidebar.toggle(key=ui.RAW_MODEL).set_value(False).run()
+    at.sidebar.toggle(key=core.RAW_MODEL).set_value(False).run()
 
     at = at.switch_page("pages/governance.py").run()
     assert at.button(key="gov_release").disabled  # nothing chosen yet
@@ -100,7 +99,7 @@ def test_a_quarantine_from_the_page_masks_every_trace_until_released():
 def test_changes_need_a_name_and_clearing_needs_confirmation():
     at = governance_page(name=None)
     assert "Type your name" in at.info[0].value and at.button(key="gov_quarantine").disabled
-    at.sidebar.text_input(key=ui.USER_NAME).input("bob").run()
+    at.sidebar.text_input(key=core.USER_NAME).input("bob").run()
     at = quarantine(at, "3.1, 5.2", "found by hand")
     assert table_heads(at) == ["3.1", "5.2"]
     assert list(at.dataframe[0].value["by"]) == ["bob", "bob"]
@@ -131,7 +130,7 @@ def test_verify_reruns_the_evidence_prompt_with_and_without_the_quarantine():
     at.selectbox(key="gov_verify_pick").set_value("29.0")
     at = at.button(key="gov_verify_button").click().run()
     assert not at.exception and not at.error
-    check = at.session_state[ui.GOV_VERIFY]
+    check = at.session_state[core.GOV_VERIFY]
     assert check.prompt == PROMPT and check.target_token == " Paris" and len(check.masks) == 9
     assert check.prob_masked != check.prob_raw  # the whole last layer off changes the prediction
     shown = metrics(at)
@@ -143,7 +142,7 @@ def test_top_head_of_the_last_discovery_is_quarantined_with_its_evidence():
     at = governance_page()
     assert any(i.value.startswith("No discovery has run yet") for i in at.info)
     head = lambda layer, h, effect: SimpleNamespace(layer=layer, head=h, verified_effect=effect)  # noqa: E731
-    at.session_state[ui.LAST_DISCOVERY] = SimpleNamespace(
+    at.session_state[core.LAST_DISCOVERY] = SimpleNamespace(
         key="0123456789abcdef", result=SimpleNamespace(
             heads=(head(5, 2, -2.31), head(3, 1, -0.4)), metric="logit_diff",
             cases=(SimpleNamespace(prompt=PROMPT, target=" Paris"),)))
@@ -154,7 +153,7 @@ def test_top_head_of_the_last_discovery_is_quarantined_with_its_evidence():
     assert (row["head"], row["effect"], row["prompt"], row["target"]) == \
         ("5.2", "logit_diff -2.310 when ablated", PROMPT, " Paris")
     # a link that reopens the experiment where a page reads ?experiment=, else the hash itself
-    assert row["experiment"] == (ui.experiment_url("0123456789abcdef") or "0123456789abcdef")
+    assert row["experiment"] == (core.experiment_url("0123456789abcdef") or "0123456789abcdef")
     assert row["experiment"].endswith("0123456789abcdef")
     assert row["reason"] == "top head of a discovery: logit_diff -2.310 when ablated"
 

@@ -5,12 +5,12 @@ import json
 
 import diskcache
 import pytest
-from streamlit.elements.widgets.button import ButtonMixin
-
-import ui
 from app_helpers import app
-from synapse_core import settings
+from streamlit.elements.widgets.button import ButtonMixin
 from test_app_ablate import fill, table
+
+from synapse_core.common import settings
+from ui import core
 
 PROMPT = "When Alice and Bob went to the park, Bob gave a ball to"  # only this file's experiments use it
 
@@ -36,7 +36,7 @@ def two_experiments():
     at.text_area(key="ablate_promptset_text").input(f'{PROMPT} | " Alice" | " Bob"')
     at.button(key="ablate_promptset_button").click().run()
     assert not at.exception and not at.error
-    return at, at.session_state[ui.ABLATE_RUN].hash, at.session_state[ui.ABLATE_PROMPTSET].hash
+    return at, at.session_state[core.ABLATE_RUN].hash, at.session_state[core.ABLATE_PROMPTSET].hash
 
 
 def listed(at) -> list[str]:
@@ -78,7 +78,7 @@ def test_history_lists_filters_reopens_exports_and_deletes(downloads):
     assert not at.exception and not at.error
     assert at.success[0].value == f"Deleted experiment {ablation}."
     assert listed(at) == [promptset]
-    assert ui.experiment_store().get(ablation) is None
+    assert core.experiment_store().get(ablation) is None
 
 
 def test_an_experiment_link_opens_it_on_the_history_and_the_ablate_page():

@@ -1,9 +1,9 @@
 """Every page script, and the app around them, runs without an exception."""
 import pytest
+from app_helpers import ROOT, TIMEOUT, app
 from streamlit.testing.v1 import AppTest
 
-import ui
-from app_helpers import ROOT, TIMEOUT, app
+from ui import core
 
 PAGES = ["pages/trace.py", "pages/ablate.py", "pages/discover.py", "pages/governance.py"]
 
@@ -37,7 +37,7 @@ def test_page_on_its_own_asks_for_a_model(page):
 
 def test_bad_model_spec_shows_an_error_and_keeps_the_loaded_model():
     at = app()
-    at.sidebar.text_input(key=ui.MODEL_INPUT).input("/nowhere/model.gguf")
+    at.sidebar.text_input(key=core.MODEL_INPUT).input("/nowhere/model.gguf")
     at.sidebar.button(key="model_load").click().run()
     assert not at.exception
     assert "/nowhere/model.gguf does not exist" in at.sidebar.error[0].value

@@ -1,10 +1,10 @@
 """The Trace page on the real bundled model, driven by widget keys."""
 import json
 
+from app_helpers import PROMPT, app, chart_frames, metrics, run_trace, trace_page
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 
-import ui
-from app_helpers import PROMPT, app, chart_frames, metrics, run_trace, trace_page
+from ui import core
 
 
 def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
@@ -21,13 +21,13 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     fidelity = next(m for m in at.metric if m.label == "Trace fidelity")
     assert fidelity.proto.delta.startswith("max logit diff")
     assert fidelity.proto.direction == MetricProto.MetricDirection.NONE  # no arrow: a diff size is not a rise
-    key = at.session_state[ui.TRACE_RUN].key
+    key = at.session_state[core.TRACE_RUN].key
     assert not at.success and at.caption[0].value == (
         f"Computed and stored · experiment `{key}` · [share link](trace?experiment={key})")
 
     activity, attention, influence = chart_frames(at)
     assert len(activity) == 30 * 9 and activity["activity"].gt(0).all()
-    n_prompt = len(at.session_state[ui.TRACE_RUN].result.prompt_tokens)
+    n_prompt = len(at.session_state[core.TRACE_RUN].result.prompt_tokens)
     # output token 0: its context is the prompt; causal rows each sum to 1
     assert attention["query"].nunique() == n_prompt
     assert attention.groupby("query")["attention"].sum().round(4).eq(1).all()
@@ -65,7 +65,7 @@ def test_choosing_a_head_and_token_redraws_its_attention():
     at.selectbox(key="trace_attn_output").set_value(2).run()
     assert not at.exception and not at.error
     assert any(c.value.startswith("Attention probabilities of L3.H1") for c in at.caption)
-    result = at.session_state[ui.TRACE_RUN].result
+    result = at.session_state[core.TRACE_RUN].result
     attention = chart_frames(at)[1]
     assert attention["query"].nunique() == len(result.prompt_tokens) + 2  # prompt + 2 generated tokens
     last = attention[attention["query"] == attention["query"].iloc[-1]]["attention"].to_numpy()
@@ -105,12 +105,12 @@ def test_out_of_range_head_gives_an_error_not_an_exception():
 
 def test_a_share_link_reopens_the_stored_trace_and_history_lists_it():
     at = run_trace(trace_page())
-    key = at.session_state[ui.TRACE_RUN].key
+    key = at.session_state[core.TRACE_RUN].key
     linked = app()
     linked.query_params["experiment"] = key
     linked = linked.switch_page("pages/trace.py").run()
     assert not linked.exception and not linked.error
-    run = linked.session_state[ui.TRACE_RUN]
+    run = linked.session_state[core.TRACE_RUN]
     assert run.key == key and run.from_cache and "Paris" in linked.code[0].value
     history = app().switch_page("pages/history.py").run()
     assert not history.exception

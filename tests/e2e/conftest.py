@@ -10,7 +10,8 @@ Fixtures for test files beside this one:
   with its own empty SYNAPSE_HOME (the converted-weights cache SYNAPSE_MODEL_CACHE is shared).
 - `page`: a Playwright page in a fresh browser context, i.e. a new Streamlit session.
 - `app`: an `AppDriver` over `page` that opens the home page, moves between pages by the sidebar,
-  waits for reruns to finish and saves screenshots to docs/screenshots/.
+  waits for reruns to finish and saves screenshots to SCREENSHOTS (a git-ignored folder;
+  `make screenshots` writes docs/screenshots instead).
 """
 from __future__ import annotations
 
@@ -23,9 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from e2e_helpers import (CHROMIUM, CHROMIUM_ARGS, DEFAULT_MS, ROOT, SERVER_START_S, VIEWPORT,
-                         AppDriver)
+from e2e_helpers import CHROMIUM, CHROMIUM_ARGS, DEFAULT_MS, ROOT, SERVER_START_S, VIEWPORT, AppDriver
 
 E2E_DIR = Path(__file__).resolve().parent
 

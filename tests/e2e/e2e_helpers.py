@@ -16,7 +16,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Screenshots go to a git-ignored folder, so `make test` leaves the clone clean; `make screenshots`
+# points SYNAPSE_SCREENSHOTS at docs/screenshots to renew the README's pictures.
+SCREENSHOTS = Path(os.environ.get("SYNAPSE_SCREENSHOTS") or ROOT / ".synapse-test-out" / "screenshots")
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
 # The machine is slow and shared: the first model load on a fresh SYNAPSE_MODEL_CACHE takes ~25 s
@@ -69,7 +71,7 @@ class AppDriver:
         return card.get_by_test_id("stMetricValue")
 
     def screenshot(self, name: str) -> Path:
-        """A full-page screenshot at docs/screenshots/<name>.png.
+        """A full-page screenshot at SCREENSHOTS/<name>.png.
 
         Streamlit scrolls its main area and its sidebar inside elements, not the document, so a plain
         full-page screenshot would stop at the viewport: grow the viewport to the taller one first.

@@ -1,12 +1,11 @@
 """The whole loop of the guided demo in a real browser, as a person walks it (README "Guided demo"):
 pick the hallucination example, trace, discover the heads behind the unwanted token, quarantine them,
 re-trace and see the masked heads count rise and p(' Sydney') fall. Plus each page's message for bad
-input. These tests save the screenshots of every page under docs/screenshots/."""
+input. These tests save the screenshots of every page (see e2e_helpers.SCREENSHOTS)."""
 import math
 import re
 
 import pytest
-
 from e2e_helpers import RUN_MS
 
 expect = pytest.importorskip("playwright.sync_api", reason="the e2e tests need playwright: make setup").expect

@@ -1,6 +1,5 @@
 """The home page and the Trace page in a real browser, used as a person uses them."""
 import pytest
-
 from e2e_helpers import MODEL_NAME, RUN_MS
 
 expect = pytest.importorskip("playwright.sync_api", reason="the e2e tests need playwright: make setup").expect

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from synapse_core.ablation import ablate
-from synapse_core.hooks import active_handle_count
-from synapse_core.interventions import OpSettings, forward_last, prepare
-from synapse_core.spec import Intervention
-from synapse_core.tokens import encode_prompt
+from synapse_core.arch.spec import Intervention
+from synapse_core.hooks.dispatch import active_handle_count
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.ops import OpSettings, forward_last, prepare
+from synapse_core.model.tokens import encode_prompt
 
 PROMPT = "The Eiffel Tower is located in the city of"
 SOURCE = "The Colosseum is in the city of"  # 9 tokens, the prompt 10

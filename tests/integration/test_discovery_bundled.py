@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from synapse_core.ablation import ablate
-from synapse_core.discovery import discovery_config, run_discovery
-from synapse_core.spec import Intervention
-from synapse_core.store import ResultStore
+from synapse_core.analysis.discovery import discovery_config
+from synapse_core.arch.spec import Intervention
+from synapse_core.experiments.discoveries import run_discovery
+from synapse_core.experiments.store import ResultStore
+from synapse_core.interventions.ablation import ablate
 
 ROOT = Path(__file__).resolve().parents[2]
 IOI = "When Mary and John went to the store, John gave a drink to"

@@ -19,17 +19,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the omstub package
 
 from omstub import OMStub  # noqa: E402
-
-from synapse_core import cli  # noqa: E402
-from synapse_core.catalog import TAG_FQN  # noqa: E402
-from synapse_core.changeevents import make_webhook_server, sign, table_layers, tag_changes  # noqa: E402
-from synapse_core.governance import Governance  # noqa: E402
-from synapse_core.hooks import hooks  # noqa: E402
-from synapse_core.maskstore import MaskStore, ModelIdentity  # noqa: E402
-from synapse_core.masking import mask_fns  # noqa: E402
-from synapse_core.omconfig import OMAuthError, OMConfig, OMError, OMRejected, OMVersionMismatch  # noqa: E402
-from synapse_core.openmetadata import OMClient, column_fqn, split_fqn, table_fqn  # noqa: E402
-from synapse_core.verify import verify  # noqa: E402
+from synapse_core.analysis.verify import verify  # noqa: E402
+from synapse_core.cli import main as cli  # noqa: E402
+from synapse_core.cli.common import run_masks  # noqa: E402
+from synapse_core.governance.catalog import TAG_FQN  # noqa: E402
+from synapse_core.governance.changeevents import make_webhook_server, sign, table_layers, tag_changes  # noqa: E402
+from synapse_core.governance.maskstore import MaskStore, ModelIdentity  # noqa: E402
+from synapse_core.governance.omconfig import OMAuthError, OMConfig, OMError, OMRejected, OMVersionMismatch  # noqa: E402
+from synapse_core.governance.omnames import column_fqn, split_fqn, table_fqn  # noqa: E402
+from synapse_core.governance.openmetadata import OMClient  # noqa: E402
+from synapse_core.governance.service import Governance  # noqa: E402
+from synapse_core.hooks.dispatch import hooks  # noqa: E402
+from synapse_core.hooks.masking import mask_fns  # noqa: E402
 
 TOKEN = "eyJraWQiOiJzdHViIn0.c3ludGhldGljLWJvdA.sig-7f3a9c"  # must never show up in a log or a message
 SECRET = "webhook-shared-secret"
@@ -162,9 +163,9 @@ def test_version_mismatch_names_both_versions(gov, stub):
 
 
 def test_a_tag_already_there_is_not_added_twice(gov, stub):
-    from metadata.ingestion.models.table_metadata import ColumnTag
-    from metadata.generated.schema.type.tagLabel import LabelType, State, TagLabel, TagSource
     from metadata.generated.schema.entity.data.table import Table
+    from metadata.generated.schema.type.tagLabel import LabelType, State, TagLabel, TagSource
+    from metadata.ingestion.models.table_metadata import ColumnTag
 
     gov.bootstrap()
     client = OMClient(gov.config)
@@ -406,9 +407,9 @@ def test_a_stored_quarantine_masks_the_head_in_every_run(bundled, tmp_path, monk
     monkeypatch.setenv("SYNAPSE_HOME", str(tmp_path))
     MaskStore().add(bundled, ["3.1"], reason="test")
     args = Namespace(mask="", mask_level="projection", no_masks=False)
-    masks = cli.run_masks(args, bundled)
+    masks = run_masks(args, bundled)
     assert [(m.layer, m.head) for m in masks] == [(3, 1)]
-    assert cli.run_masks(Namespace(mask="", mask_level="projection", no_masks=True), bundled) == []
+    assert run_masks(Namespace(mask="", mask_level="projection", no_masks=True), bundled) == []
 
     ids = bundled.tokenizer("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
     model, arch = bundled.model, bundled.arch

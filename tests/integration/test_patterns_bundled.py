@@ -1,10 +1,11 @@
-"""synapse_core.patterns.attention_matrix, the on-demand token x token pattern behind the Trace
+"""synapse_core.analysis.patterns.attention_matrix, the on-demand token x token pattern behind the Trace
 page's attention heatmap, on the real bundled model."""
 import numpy as np
 import pytest
 
-from synapse_core import BadInput, HeadMask, trace
-from synapse_core.patterns import attention_matrix
+from synapse_core import BadInput, HeadMask
+from synapse_core.analysis.patterns import attention_matrix
+from synapse_core.analysis.trace import trace
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,15 @@ import json
 
 import pytest
 
-from synapse_core.cli import main
-from synapse_core.experiments import run_experiment, sweep_config
-from synapse_core.interventions import OpSettings, forward_last, prepare
-from synapse_core.metrics import resolve_target
-from synapse_core.promptset import evaluate_prompt_set, parse_prompt_lines
-from synapse_core.spec import Intervention
-from synapse_core.store import ResultStore
-from synapse_core.sweep import batched_scores, one_by_one_scores
-from synapse_core.tokens import encode_prompt
+from synapse_core.arch.spec import Intervention
+from synapse_core.cli.main import main
+from synapse_core.experiments.records import run_experiment, sweep_config
+from synapse_core.experiments.store import ResultStore
+from synapse_core.interventions.metrics import resolve_target
+from synapse_core.interventions.ops import OpSettings, forward_last, prepare
+from synapse_core.interventions.promptset import evaluate_prompt_set, parse_prompt_lines
+from synapse_core.interventions.sweep import batched_scores, one_by_one_scores
+from synapse_core.model.tokens import encode_prompt
 
 PROMPT = "The Eiffel Tower is located in the city of"
 

@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from synapse_core import BadInput, HeadMask, Sampling, trace
-from synapse_core.hooks import active_handle_count, hooks
-from synapse_core.influence import token_influence
-from synapse_core.masking import mask_fns
-from synapse_core.store import ResultStore
-from synapse_core.experiments import list_experiments
-from synapse_core.trace_store import load_trace, run_trace, trace_experiment_config
+from synapse_core import BadInput, HeadMask, Sampling
+from synapse_core.analysis.influence import token_influence
+from synapse_core.analysis.trace import trace
+from synapse_core.experiments.records import list_experiments
+from synapse_core.experiments.store import ResultStore
+from synapse_core.experiments.traces import load_trace, run_trace, trace_experiment_config
+from synapse_core.hooks.dispatch import active_handle_count, hooks
+from synapse_core.hooks.masking import mask_fns
 
 EIFFEL = "The Eiffel Tower is in the city of"
 

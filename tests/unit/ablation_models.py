@@ -13,7 +13,7 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from synapse_core.loading import ModelHandle, prepare
+from synapse_core.model.loading import ModelHandle, prepare
 
 WORDS = (
     "the a of to in is was and on at city river tower capital France Paris London Rome Berlin Mary John "

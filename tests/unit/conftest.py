@@ -16,8 +16,8 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from synapse_core.adapters import FAMILIES
-from synapse_core.loading import ModelHandle, prepare
+from synapse_core.arch.adapters import FAMILIES
+from synapse_core.model.loading import ModelHandle, prepare
 
 VOCAB = 64
 D_MODEL = 32

@@ -5,9 +5,17 @@ import pytest
 import torch
 from ablation_models import tiny_handle
 
-from synapse_core.errors import BadInput
-from synapse_core.metrics import (Target, batch_scores, check_metric, default_metric, kl_divergence,
-                                  next_token_metrics, resolve_target, top_tokens)
+from synapse_core.common.errors import BadInput
+from synapse_core.interventions.metrics import (
+    Target,
+    batch_scores,
+    check_metric,
+    default_metric,
+    kl_divergence,
+    next_token_metrics,
+    resolve_target,
+    top_tokens,
+)
 
 
 def _target(contrast=True):

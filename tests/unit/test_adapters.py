@@ -3,8 +3,8 @@ import pytest
 import torch
 import transformers as tf
 
-from synapse_core.adapters import FAMILIES, discover
-from synapse_core.errors import BadInput, UnsupportedModel
+from synapse_core.arch.adapters import FAMILIES, discover
+from synapse_core.common.errors import BadInput, UnsupportedModel
 
 
 def test_every_family_has_a_tiny_model(tiny):
@@ -68,7 +68,7 @@ def test_unsupported_family_is_named(config, family):
 
 
 def test_unsupported_model_is_refused_before_prepare_changes_it(tiny):
-    from synapse_core.loading import prepare
+    from synapse_core.model.loading import prepare
 
     model = tf.AutoModelForCausalLM.from_config(
         tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -2,7 +2,8 @@
 written into a quarantined head's description. Pure data: no SDK, no server."""
 import pytest
 
-from synapse_core.catalog import (
+from synapse_core.common.errors import BadInput
+from synapse_core.governance.catalog import (
     EGRESS,
     INGRESS,
     TAG_FQN,
@@ -17,9 +18,8 @@ from synapse_core.catalog import (
     thought_path_edges,
     with_evidence,
 )
-from synapse_core.errors import BadInput
-from synapse_core.maskstore import MaskEntry
-from synapse_core.omconfig import OMConfig, config_from_env, config_from_secrets
+from synapse_core.governance.maskstore import MaskEntry
+from synapse_core.governance.omconfig import OMConfig, config_from_env, config_from_secrets
 
 
 def test_tables_columns_and_lineage_chain():

@@ -4,9 +4,9 @@ import json
 import pytest
 from ablation_models import PROMPT, tiny_handle
 
-from synapse_core.ablation import ablate
-from synapse_core.cli import main
-from synapse_core.spec import HeadMask, Intervention
+from synapse_core.arch.spec import HeadMask, Intervention
+from synapse_core.cli.main import main
+from synapse_core.interventions.ablation import ablate
 
 
 @pytest.fixture(scope="module")

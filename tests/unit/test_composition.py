@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from synapse_core.composition import composition_scores
+from synapse_core.analysis.composition import composition_scores
 
 
 def _brute_force(arch, layer_a, layer_b):

@@ -12,21 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from synapse_core import cli
-from synapse_core.ablation import ablate
-from synapse_core.attribution import attribute_heads, metric_values
-from synapse_core.circuit import (choose_pairs, circuit_edges, head_set_scores, pair_label, random_head_sets)
-from synapse_core.composition import composition_scores
-from synapse_core.discovery import STAGES, discover, discovery_config, run_discovery, spearman
-from synapse_core.errors import BadInput
-from synapse_core.experiments import list_experiments, load_experiment
-from synapse_core.hooks import hooks
-from synapse_core.interventions import forward_last
-from synapse_core.metrics import resolve_target
-from synapse_core.promptset import PromptCase
-from synapse_core.spec import HeadMask, HeadRef, Intervention
-from synapse_core.store import ResultStore
-from synapse_core.tokens import encode_prompt
+from synapse_core.analysis.attribution import attribute_heads, metric_values
+from synapse_core.analysis.circuit import choose_pairs, circuit_edges, head_set_scores, pair_label, random_head_sets
+from synapse_core.analysis.composition import composition_scores
+from synapse_core.analysis.discovery import STAGES, discover, discovery_config, spearman
+from synapse_core.arch.spec import HeadMask, HeadRef, Intervention
+from synapse_core.cli import common as cli_common
+from synapse_core.cli import main as cli
+from synapse_core.common.errors import BadInput
+from synapse_core.experiments.discoveries import run_discovery
+from synapse_core.experiments.records import list_experiments, load_experiment
+from synapse_core.experiments.store import ResultStore
+from synapse_core.hooks.dispatch import hooks
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.metrics import resolve_target
+from synapse_core.interventions.ops import forward_last
+from synapse_core.interventions.promptset import PromptCase
+from synapse_core.model.tokens import encode_prompt
 
 PROMPT = "the cat sat on the mat and the dog ran to the"
 TARGET, CONTRAST = "cat", "dog"
@@ -328,7 +330,7 @@ def test_a_stored_discovery_is_refused_for_other_weights(llama, tiny, tmp_path):
 
 
 def _run_cli(monkeypatch, llama, *argv):
-    monkeypatch.setattr(cli, "load", lambda args: llama)
+    monkeypatch.setattr(cli_common, "load", lambda args: llama)
     out = io.StringIO()
     with redirect_stdout(out):
         code = cli.main(["discover", *argv])

@@ -7,14 +7,23 @@ import json
 import pytest
 from ablation_models import OTHER, PROMPT, tiny_handle
 
-from synapse_core.errors import BadInput, StoreError
-from synapse_core.experiments import (ablation_config, delete_experiment, export_csv, export_json,
-                                      list_experiments, load_experiment, promptset_config, run_experiment,
-                                      sweep_config)
-from synapse_core.interventions import OpSettings
-from synapse_core.promptset import PromptCase, default_reference_prompts
-from synapse_core.spec import HeadMask, Intervention
-from synapse_core.store import ResultStore
+from synapse_core.arch.spec import HeadMask, Intervention
+from synapse_core.common.errors import BadInput, StoreError
+from synapse_core.experiments.records import (
+    ablation_config,
+    delete_experiment,
+    export_csv,
+    export_json,
+    list_experiments,
+    load_experiment,
+    promptset_config,
+    run_experiment,
+    sweep_config,
+)
+from synapse_core.experiments.store import ResultStore
+from synapse_core.interventions.ops import OpSettings
+from synapse_core.interventions.promptset import PromptCase
+from synapse_core.interventions.reference import default_reference_prompts
 
 HEAD = Intervention(0, "attn.head", "zero", 1)
 
@@ -81,7 +90,7 @@ def test_the_same_experiment_twice_is_answered_from_the_store(store, monkeypatch
     config = ablation_config(handle, PROMPT, "Paris", [HEAD], "London", masks=[HeadMask(1, 3)])
     first = run_experiment(handle, config, store)
     assert not first.from_cache and first.hash == config.hash
-    import synapse_core.experiments as experiments
+    import synapse_core.experiments.records as experiments
 
     monkeypatch.setattr(experiments, "ablate", lambda *a, **k: pytest.fail("recomputed"))
     second = run_experiment(handle, config, store)
@@ -167,7 +176,7 @@ class _OtherResult:
 
 
 def test_other_kinds_in_the_store_list_reopen_and_export(store):
-    from synapse_core.experiments import StoredExperiment
+    from synapse_core.experiments.records import StoredExperiment
 
     store.put("00000000000000aa", "discover", StoredExperiment(_OtherConfig(), _OtherResult()))
     summaries, problems = list_experiments(store, kind="discover")

@@ -8,7 +8,7 @@ rotary families too.
 import pytest
 import torch
 
-from synapse_core.hooks import hooks
+from synapse_core.hooks.dispatch import hooks
 
 INPUT_NORM = {"gpt2": "ln_1", "opt": "self_attn_layer_norm"}  # default: input_layernorm
 

@@ -5,9 +5,9 @@ import threading
 import pytest
 import torch
 
-from synapse_core.hooks import SITES, active_handle_count, hooks
-from synapse_core.masking import mask_fns, merge_fns
-from synapse_core.spec import HeadMask
+from synapse_core.arch.spec import HeadMask
+from synapse_core.hooks.dispatch import SITES, active_handle_count, hooks
+from synapse_core.hooks.masking import mask_fns, merge_fns
 
 
 def _reference_logits(model, ids):

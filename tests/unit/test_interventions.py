@@ -3,13 +3,21 @@ import pytest
 import torch
 from ablation_models import FAMILIES, OTHER, PROMPT, SHORT, ids_of, tiny_handle
 
-from synapse_core.ablation import ablate
-from synapse_core.errors import BadInput
-from synapse_core.hooks import active_handle_count
-from synapse_core.interventions import (OpSettings, capture, forward_last, parse_intervention, parse_positions,
-                                        prepare, resolve_positions, site_fn)
-from synapse_core.masking import mask_fns
-from synapse_core.spec import HeadMask, Intervention
+from synapse_core.arch.spec import HeadMask, Intervention
+from synapse_core.common.errors import BadInput
+from synapse_core.hooks.dispatch import active_handle_count
+from synapse_core.hooks.masking import mask_fns
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.ops import (
+    OpSettings,
+    capture,
+    forward_last,
+    parse_intervention,
+    parse_positions,
+    prepare,
+    resolve_positions,
+    site_fn,
+)
 
 SITES = ("attn.head", "attn", "mlp", "resid")
 

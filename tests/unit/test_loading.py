@@ -4,8 +4,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from synapse_core.hooks import ATTN_IMPLEMENTATION
-from synapse_core.loading import prepare
+from synapse_core.hooks.dispatch import ATTN_IMPLEMENTATION
+from synapse_core.model.loading import prepare
 
 
 def test_prepare_sets_the_model_up(tiny):

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from synapse_core.hooks import hooks
-from synapse_core.masking import mask_fns, merge_fns
-from synapse_core.spec import HeadMask
+from synapse_core.arch.spec import HeadMask
+from synapse_core.hooks.dispatch import hooks
+from synapse_core.hooks.masking import mask_fns, merge_fns
 
 
 def _logits(handle, ids, fns=None):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from synapse_core import HeadMask
-from synapse_core.durable import PAUSE_ENV, append_line, read_lines
-from synapse_core.errors import BadInput, StoreError
-from synapse_core.maskstore import MaskEntry, MaskStore, ModelIdentity, identity_of
-from synapse_core.omconfig import OMError, OMUnavailable
-from synapse_core.outbox import Outbox
+from synapse_core.common.errors import BadInput, StoreError
+from synapse_core.common.files import PAUSE_ENV, append_line, read_lines
+from synapse_core.governance.maskstore import MaskEntry, MaskStore, ModelIdentity, identity_of
+from synapse_core.governance.omconfig import OMError, OMUnavailable
+from synapse_core.governance.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelIdentity("tiny", "00ff00ff00ff00ff", n_layers=8, n_heads=8)
@@ -27,7 +27,7 @@ CHILD = """
 import sys, types, time
 from pathlib import Path
 pkg = types.ModuleType("synapse_core"); pkg.__path__ = [{pkg!r}]; sys.modules["synapse_core"] = pkg
-from synapse_core.maskstore import MaskStore, ModelIdentity
+from synapse_core.governance.maskstore import MaskStore, ModelIdentity
 ident = ModelIdentity("tiny", "00ff00ff00ff00ff", 8, 8)
 store = MaskStore({path!r})
 go = Path({go!r})

@@ -2,11 +2,11 @@
 import pytest
 from ablation_models import OTHER, PROMPT, tiny_handle
 
-from synapse_core.ablation import ablate
-from synapse_core.errors import BadInput
-from synapse_core.promptset import (PromptCase, default_reference_prompts, evaluate_prompt_set, parse_prompt_csv,
-                                    parse_prompt_lines, parse_reference_prompts)
-from synapse_core.spec import HeadMask, Intervention
+from synapse_core.arch.spec import HeadMask, Intervention
+from synapse_core.common.errors import BadInput
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.promptset import PromptCase, evaluate_prompt_set, parse_prompt_csv, parse_prompt_lines
+from synapse_core.interventions.reference import default_reference_prompts, parse_reference_prompts
 
 
 def test_lines_parse_with_optional_contrast_comments_and_quotes():

@@ -1,8 +1,8 @@
 """Names of heads and interventions: one spec, one stable name."""
 import pytest
 
-from synapse_core.errors import BadInput
-from synapse_core.spec import HeadMask, HeadRef, Intervention, normalize_masks, parse_head, parse_heads
+from synapse_core.arch.spec import HeadMask, HeadRef, Intervention, normalize_masks, parse_head, parse_heads
+from synapse_core.common.errors import BadInput
 
 
 @pytest.mark.parametrize("text, expected", [

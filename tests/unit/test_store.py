@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from synapse_core import HeadMask, Sampling
-from synapse_core.errors import StoreError
-from synapse_core.store import Entry, ResultStore, content_hash
+from synapse_core.common.errors import StoreError
+from synapse_core.experiments.store import Entry, ResultStore, content_hash
 
 BASE = {
     "model": "tiny", "fingerprint": "0123456789abcdef", "dtype": "torch.float32", "prompt": "the cat",

@@ -4,12 +4,12 @@ import pytest
 import torch
 from ablation_models import FAMILIES, OTHER, PROMPT, SHORT, ids_of, tiny_handle
 
-from synapse_core.ablation import ablate
-from synapse_core.errors import BadInput
-from synapse_core.interventions import OpSettings, forward_last, prepare
-from synapse_core.metrics import resolve_target
-from synapse_core.spec import HeadMask, Intervention
-from synapse_core.sweep import batched_scores, one_by_one_scores, sweep_heads, sweep_layers
+from synapse_core.arch.spec import HeadMask, Intervention
+from synapse_core.common.errors import BadInput
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.metrics import resolve_target
+from synapse_core.interventions.ops import OpSettings, forward_last, prepare
+from synapse_core.interventions.sweep import batched_scores, one_by_one_scores, sweep_heads, sweep_layers
 
 KEYS = ("log_prob", "target_prob", "logit_diff", "kl")
 
@@ -18,7 +18,7 @@ def _both(handle, ivs, rows, masks=(), settings=OpSettings(), reuse_prefix=True)
     ids = ids_of(handle, PROMPT)
     target = resolve_target(handle, "Paris", "London")
     prepared = prepare(handle, ids, ivs, settings, masks)
-    from synapse_core.masking import mask_fns
+    from synapse_core.hooks.masking import mask_fns
 
     clean = forward_last(handle, ids, mask_fns(masks))[0]
     batched, passes = batched_scores(handle, ids, prepared, target, clean, masks, rows, reuse_prefix=reuse_prefix)
@@ -117,7 +117,7 @@ def test_layer_sweep_shape_and_sites():
 
 
 def test_long_prompts_take_fewer_rows_per_pass(monkeypatch):
-    import synapse_core.sweep as sweep
+    import synapse_core.interventions.sweep as sweep
 
     monkeypatch.setattr(sweep, "TOKEN_BUDGET", 16)  # 8-token prompt: 2 rows per pass
     result = sweep_heads(tiny_handle("llama"), PROMPT, "Paris", batch_rows=8)

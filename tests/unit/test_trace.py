@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from synapse_core import BadInput, HeadMask, Sampling, generate, trace
-from synapse_core.hooks import hooks
-from synapse_core.masking import mask_fns
+from synapse_core import BadInput, HeadMask, Sampling, generate
+from synapse_core.analysis.trace import trace
+from synapse_core.hooks.dispatch import hooks
+from synapse_core.hooks.masking import mask_fns
 
 PROMPT = "the cat sat on the mat"  # six words of the tiny vocabulary: six tokens
 STEPS = 5

@@ -1,0 +1,131 @@
+"""Names of components and interventions. Cache keys, UI labels, CLI arguments and catalog
+column names all derive from these, so they never disagree.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..common.errors import BadInput
+from .adapters import Architecture
+
+MASK_LEVELS = ("projection", "attention", "both")
+TARGET_SITES = ("attn.head", "attn", "mlp", "resid")
+OPS = ("zero", "mean", "patch", "steer")
+
+
+@dataclass(frozen=True, order=True)
+class HeadRef:
+    """One attention head."""
+
+    layer: int
+    head: int
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.layer}.attn.head.{self.head}"
+
+    @property
+    def short(self) -> str:
+        return f"{self.layer}.{self.head}"
+
+    def check(self, arch: Architecture) -> "HeadRef":
+        arch.check_head(self.layer, self.head)
+        return self
+
+
+@dataclass(frozen=True, order=True)
+class HeadMask:
+    """A head switched off: at the projection (its slice of the output projection's input is zeroed),
+    at the attention tensor (its probabilities are zeroed), or both."""
+
+    layer: int
+    head: int
+    level: str = "projection"
+
+    def __post_init__(self):
+        if self.level not in MASK_LEVELS:
+            raise BadInput(f"mask level {self.level!r} is not one of {', '.join(MASK_LEVELS)}")
+
+    @property
+    def ref(self) -> HeadRef:
+        return HeadRef(self.layer, self.head)
+
+
+_HEAD_RE = re.compile(r"^\s*(?:layers\.)?(-?\d+)\s*[.:]\s*(?:attn\.head\.)?(-?\d+)\s*$")
+
+
+def parse_head(text: str) -> HeadRef:
+    """Parse "L.H" (or "layers.L.attn.head.H") into a HeadRef.
+
+    >>> parse_head("23.3")
+    HeadRef(layer=23, head=3)
+    """
+    match = _HEAD_RE.match(text)
+    if not match:
+        raise BadInput(f"{text!r} is not a head: write LAYER.HEAD, e.g. 23.3")
+    return HeadRef(int(match.group(1)), int(match.group(2)))
+
+
+def parse_heads(text: str | None) -> list[HeadRef]:
+    """Parse a comma- or space-separated list of heads ("3.1, 5.7"); empty text gives []."""
+    if not text:
+        return []
+    return [parse_head(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+
+
+def normalize_masks(masks, arch: Architecture) -> tuple[HeadMask, ...]:
+    """Validate masks against the model and return them sorted and de-duplicated.
+
+    Accepts HeadMask, HeadRef or "L.H" strings.
+    """
+    out = set()
+    for mask in masks or ():
+        if isinstance(mask, str):
+            mask = parse_head(mask)
+        if isinstance(mask, HeadRef):
+            mask = HeadMask(mask.layer, mask.head)
+        arch.check_head(mask.layer, mask.head)
+        out.add(mask)
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One intervention on one component.
+
+    site: attn.head (one head's output), attn (the attention block's output), mlp (the MLP
+    block's output), resid (the residual stream after the layer).
+    op: zero | mean | patch | steer.
+    positions: "all", "last", or a tuple of token positions.
+    source: for patch, the source prompt; for steer, a description of the direction.
+    """
+
+    layer: int
+    site: str
+    op: str = "zero"
+    head: int | None = None
+    positions: str | tuple[int, ...] = "all"
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.site not in TARGET_SITES:
+            raise BadInput(f"site {self.site!r} is not one of {', '.join(TARGET_SITES)}")
+        if self.op not in OPS:
+            raise BadInput(f"operation {self.op!r} is not one of {', '.join(OPS)}")
+        if (self.site == "attn.head") != (self.head is not None):
+            raise BadInput("a head is given exactly when the site is attn.head")
+
+    @property
+    def name(self) -> str:
+        if self.site == "attn.head":
+            return f"layers.{self.layer}.attn.head.{self.head}"
+        return f"layers.{self.layer}.{self.site}"
+
+    def check(self, arch: Architecture) -> "Intervention":
+        if self.head is None:
+            if not 0 <= self.layer < arch.n_layers:
+                raise BadInput(f"layer {self.layer} does not exist: the model has layers 0-{arch.n_layers - 1}")
+        else:
+            arch.check_head(self.layer, self.head)
+        return self

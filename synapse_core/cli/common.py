@@ -1,0 +1,49 @@
+"""What every CLI command shares: the model and mask arguments, loading, and output.
+
+Command modules (trace, ablate, discover, governance) import from here; `main` imports them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..common.errors import SynapseError
+
+
+class CliError(SynapseError):
+    """Bad command-line input: exit 2."""
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="bundled (default), a folder, a .gguf file or a hub id")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+    parser.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def add_mask_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask", default="", help="heads masked for this run: L.H,L.H,...")
+    parser.add_argument("--mask-level", default="projection", choices=("projection", "attention", "both"))
+    parser.add_argument("--no-masks", action="store_true", help="ignore the stored quarantine list")
+
+
+def load(args):
+    from ..model.loading import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def run_masks(args, handle) -> list:
+    """Masks for this run: --mask heads, plus the stored quarantine list unless --no-masks."""
+    from ..arch.spec import HeadMask, normalize_masks, parse_heads
+
+    masks = [HeadMask(h.layer, h.head, args.mask_level) for h in parse_heads(args.mask)]
+    if not args.no_masks:
+        from ..governance.maskstore import MaskStore
+
+        masks.extend(MaskStore().masks(handle))  # the quarantine list in force for this model
+    return list(normalize_masks(masks, handle.arch))
+
+
+def emit(args, payload: dict, text: str) -> None:
+    print(json.dumps(payload) if args.json else text)

@@ -1,0 +1,27 @@
+"""Discoveries as stored experiments: the same config is answered from the result store."""
+from __future__ import annotations
+
+from ..analysis.discovery import DiscoveryConfig, DiscoveryProgress, DiscoveryResult, discover
+from ..common.errors import BadInput, StoreError
+from ..model.loading import ModelHandle
+from .records import Experiment, StoredExperiment
+from .store import ResultStore
+
+
+def run_discovery(handle: ModelHandle, config: DiscoveryConfig, store: ResultStore | None = None,
+                  progress: DiscoveryProgress | None = None) -> Experiment:
+    """Answer from the store when this exact discovery was run before, else run and store it.
+
+    The result is an experiments.Experiment (config, result, hash, created, from_cache, notes), so a
+    discovery is listed, reopened by hash and exported like any other experiment.
+    """
+    if config.fingerprint != handle.fingerprint or config.dtype != str(handle.dtype):
+        raise BadInput(f"discovery {config.hash} was made with {config.model} (weights {config.fingerprint}, "
+                       f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
+    store = store or ResultStore()
+    entry, from_cache, notes = store.get_or_compute(
+        config.kind, config, lambda: StoredExperiment(config, discover(handle, config, progress)),
+        summary={"kind": config.kind, "model": config.model, "title": config.title})
+    if not isinstance(entry.result, StoredExperiment) or not isinstance(entry.result.result, DiscoveryResult):
+        raise StoreError(f"result {entry.key} is a {entry.kind} entry, not a discovery")
+    return Experiment(entry.result.config, entry.result.result, entry.key, entry.created, from_cache, tuple(notes))

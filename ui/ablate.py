@@ -1,0 +1,216 @@
+"""Tables, charts and renderers of the Ablate and History pages.
+
+Builders turn engine results into pandas frames and altair charts; the show_* renderers draw an
+experiment (its id, whether the store answered, share link, downloads, and the result) the same way
+on both pages. No st.cache_* here: caches and session keys live in core.py.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from synapse_core.arch.spec import Intervention, parse_heads
+from synapse_core.common.errors import BadInput
+from synapse_core.experiments.records import Experiment, export_csv, export_json, headline
+from synapse_core.interventions.ablation import AblationResult
+from synapse_core.interventions.metrics import METRIC_LABELS, TopToken
+from synapse_core.interventions.ops import OpSettings, parse_positions
+from synapse_core.interventions.promptset import PromptSetResult, parse_prompt_csv, parse_prompt_lines
+from synapse_core.interventions.reference import parse_reference_prompts
+from synapse_core.interventions.sweep import SweepResult
+from ui import core
+from ui import trace as ui_trace
+
+SITE_LABELS = {"attn.head": "attention head(s)", "attn": "attention layer output", "mlp": "MLP output",
+               "resid": "residual stream after the layer"}
+OP_LABELS = {"zero": "zero", "mean": "mean over reference prompts", "patch": "patch from a source prompt",
+             "steer": "steer: add a direction"}
+CARD_METRICS = ("target_prob", "log_prob", "logit_diff")  # the per-run metrics; KL and top-1 get their own cards
+CARD_LABELS = {"target_prob": "p(target)", "log_prob": "log p(target)", "logit_diff": "logit diff"}  # fit a card
+
+
+# ---------------------------------------------------------------- widget values -> engine inputs
+def interventions(site: str, heads_text: str, layer: int, op: str, positions_text: str,
+                  source: str | None) -> tuple[Intervention, ...]:
+    """The interventions the form describes: one per head for site attn.head, else one at `layer`.
+    BadInput (naming the value) for a bad head list or position list."""
+    positions = parse_positions(positions_text)
+    source = (source or None) if op == "patch" else None
+    if site == "attn.head":
+        heads = parse_heads(heads_text)
+        if not heads:
+            raise BadInput("no head given: write LAYER.HEAD, comma-separated, e.g. 9.6, 10.0")
+        return tuple(Intervention(h.layer, site, op, h.head, positions, source) for h in heads)
+    return (Intervention(int(layer), site, op, None, positions, source),)
+
+
+def op_settings(op: str, reference_text: str = "", plus: str = "", minus: str = "", scale: float = 1.0) -> OpSettings:
+    """OpSettings holding only what `op` uses, so an unused widget never changes the experiment hash.
+    Mean with an empty reference text uses the shipped default set."""
+    if op == "mean" and (reference_text or "").strip():
+        return OpSettings(reference=parse_reference_prompts(reference_text))
+    if op == "steer":
+        prompts = (plus, minus) if (plus or "").strip() and (minus or "").strip() else None
+        return OpSettings(scale=float(scale), steer_prompts=prompts)
+    return OpSettings()
+
+
+def prompt_cases(text: str, upload=None):
+    """Cases from an uploaded CSV when there is one, else from `prompt | target | contrast` lines."""
+    return parse_prompt_csv(upload.getvalue()) if upload is not None else parse_prompt_lines(text)
+
+
+# ---------------------------------------------------------------- tables
+def top_table(tops: tuple[TopToken, ...]) -> pd.DataFrame:
+    return pd.DataFrame({"rank": range(1, len(tops) + 1), "token": [ui_trace.show_token(t.token) for t in tops],
+                         "prob": [t.prob for t in tops], "logit": [t.logit for t in tops]})
+
+
+def metric_table(r: AblationResult) -> pd.DataFrame:
+    """metric | clean | intervened | change, for every metric the run has (logit diff needs a contrast)."""
+    rows = [{"metric": METRIC_LABELS[m], "clean": r.clean.value(m), "intervened": r.intervened.value(m),
+             "change": r.delta(m)} for m in CARD_METRICS if r.clean.value(m) is not None]
+    rows.append({"metric": METRIC_LABELS["kl"], "clean": 0.0, "intervened": r.kl_divergence, "change": r.kl_divergence})
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(r: SweepResult) -> pd.DataFrame:
+    """One row per swept component: layer, head or site, name, effect, value, kl, top1_changed."""
+    return pd.DataFrame(r.effect_rows())
+
+
+def top_effects(r: SweepResult, n: int = 10) -> pd.DataFrame:
+    frame = sweep_frame(r)
+    return frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:n]].reset_index(drop=True)
+
+
+def promptset_frame(r: PromptSetResult) -> pd.DataFrame:
+    frame = pd.DataFrame(r.table())
+    for col in ("target", "contrast", "clean_top", "intervened_top"):
+        frame[col] = [ui_trace.show_token(t) if isinstance(t, str) else t for t in frame[col]]
+    first = ["prompt", "target", "contrast", "change", "kl", "top1_changed", "clean_top", "intervened_top"]
+    return frame[first + [c for c in frame.columns if c not in first]]  # the headline columns before the raw metrics
+
+
+# ---------------------------------------------------------------- charts
+def sweep_heatmap(r: SweepResult) -> alt.Chart:
+    """The causal map: effect of the operation on each head (layer x head) or each layer's sites
+    (layer x site), diverging around 0 so harm and help read apart."""
+    frame = sweep_frame(r)
+    n_layers = frame["layer"].nunique()
+    rows, y_axis = ui_trace.heatmap_rows(n_layers)
+    limit = float(np.abs(r.effects).max()) or 1.0
+    x = (alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)) if r.kind == "heads"
+         else alt.X("site:N", title="site", sort=list(r.sites), axis=alt.Axis(labelAngle=0)))
+    return alt.Chart(frame).mark_rect().encode(
+        x=x,
+        y=alt.Y("layer:O", title="layer", sort="descending", axis=y_axis),
+        color=alt.Color("effect:Q", title=f"Δ {r.metric}",
+                        scale=alt.Scale(scheme="redblue", domain=[-limit, limit], domainMid=0)),
+        tooltip=["name", alt.Tooltip("effect:Q", format="+.4f"), alt.Tooltip("value:Q", format=".4f"),
+                 alt.Tooltip("kl:Q", format=".4f"), "top1_changed"],
+    ).properties(height=rows + 50)
+
+
+# ---------------------------------------------------------------- renderers (both pages)
+def show_experiment(exp: Experiment, prefix: str) -> None:
+    """An experiment's header (id, store, share link, downloads) and its result; widget keys start with prefix."""
+    show_header(exp, prefix)
+    r = exp.result
+    if isinstance(r, AblationResult):
+        show_ablation(r, prefix)
+    elif isinstance(r, SweepResult):
+        show_sweep(r, prefix)
+    elif isinstance(r, PromptSetResult):
+        show_promptset(r, prefix)
+    else:  # e.g. a discovery: the Discover page draws it; here its full record
+        st.markdown(f"Drawn in full on its own page: [open it there]({share_url(exp.hash, exp.config.kind)})")
+        st.json(r.to_json(), expanded=False)
+
+
+def share_url(key: str, kind: str) -> str:
+    """The link that opens an experiment: traces and discoveries on their own pages, the rest on the Ablate page."""
+    if kind in ("discover", "trace"):  # drawn on their own pages
+        return f"{kind}?experiment={key}"
+    return core.experiment_url(key) or f"history?experiment={key}"
+
+
+def show_header(exp: Experiment, prefix: str) -> None:
+    st.markdown(f"**{exp.config.title}**  \n{headline(exp)}")
+    if exp.from_cache:
+        st.success(f"Answered from the store · experiment `{exp.hash}`")
+    else:
+        st.caption(f"Computed and stored · experiment `{exp.hash}`")
+    for note in exp.notes:
+        st.warning(note)
+    st.markdown(f"Share link: [`?experiment={exp.hash}`]({share_url(exp.hash, exp.config.kind)})")
+    json_col, csv_col = st.columns(2)
+    json_col.download_button("Experiment (JSON)", export_json(exp), file_name=f"experiment-{exp.hash}.json",
+                             mime="application/json", key=f"{prefix}_download_json", on_click="ignore")
+    if isinstance(exp.result, (AblationResult, SweepResult, PromptSetResult)):
+        csv_col.download_button("Table (CSV)", export_csv(exp), file_name=f"experiment-{exp.hash}.csv",
+                                mime="text/csv", key=f"{prefix}_download_csv", on_click="ignore")
+
+
+def _notes(r) -> None:
+    warnings = [w for row in r.rows for w in row.warnings] if isinstance(r, PromptSetResult) else r.warnings
+    if warnings:  # a caption: the Ablate page shows the tokenizer's warnings once, by the target input
+        st.caption("⚠ " + "; ".join(dict.fromkeys(warnings)))
+    if r.notes:
+        st.caption("Notes: " + "; ".join(r.notes))
+    if r.masks:
+        st.caption("Masked in every run: " + ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in r.masks))
+
+
+def show_ablation(r: AblationResult, prefix: str) -> None:
+    _notes(r)
+    cards = st.columns(5)
+    for col, m in zip(cards, CARD_METRICS):
+        if r.clean.value(m) is not None:
+            col.metric(CARD_LABELS[m], f"{r.intervened.value(m):.4f}", delta=f"{r.delta(m):+.4f}", border=True,
+                       help=f"{METRIC_LABELS[m]}: clean {r.clean.value(m):.4f} → intervened {r.intervened.value(m):.4f}")
+    cards[3].metric("KL (nats)", f"{r.kl_divergence:.4g}", border=True, help=METRIC_LABELS["kl"])
+    cards[4].metric("Top-1", ui_trace.show_token(r.intervened.top_token), border=True, delta_color="off", delta_arrow="off",
+                    delta="changed" if r.top1_changed else "unchanged",
+                    help=f"clean top-1 {ui_trace.show_token(r.clean.top_token)} (p={r.clean.top_prob:.3f})")
+    st.dataframe(metric_table(r), key=f"{prefix}_metrics", hide_index=True)
+    prob = st.column_config.ProgressColumn("prob", min_value=0.0, max_value=1.0, format="%.3f")
+    clean_col, iv_col = st.columns(2)
+    clean_col.markdown("**Clean** next tokens")
+    clean_col.dataframe(top_table(r.clean_top), key=f"{prefix}_clean_top", hide_index=True, column_config={"prob": prob})
+    iv_col.markdown("**Intervened**: " + ", ".join(f"`{n}` ({iv.op})" for n, iv in zip(r.names, r.interventions)))
+    iv_col.dataframe(top_table(r.intervened_top), key=f"{prefix}_intervened_top", hide_index=True,
+                     column_config={"prob": prob})
+
+
+def show_sweep(r: SweepResult, prefix: str) -> None:
+    _notes(r)
+    st.caption(f"{r.op} over every {'head' if r.kind == 'heads' else 'layer: ' + ', '.join(r.sites)} · metric "
+               f"{METRIC_LABELS[r.metric]}, clean {r.clean:.4f} · effect = intervened − clean · "
+               f"{r.effects.size} interventions in {r.forward_passes} batched passes, {r.seconds:.1f} s")
+    with st.container(key=f"{prefix}_heatmap_box"):
+        st.altair_chart(sweep_heatmap(r), key=f"{prefix}_heatmap")
+    st.markdown("**Largest effects**")
+    st.dataframe(top_effects(r), key=f"{prefix}_top_effects", hide_index=True)
+
+
+def show_promptset(r: PromptSetResult, prefix: str) -> None:
+    _notes(r)
+    mean, kl, changed = st.columns(3)
+    mean.metric(f"Mean Δ {r.metric}", f"{r.mean_change:+.4f}", border=True, help="mean over prompts of intervened − clean")
+    kl.metric("Mean KL (nats)", f"{r.mean_kl:.4g}", border=True)
+    changed.metric("Top-1 changed", f"{r.top1_changed_fraction:.0%}", border=True,
+                   help="share of prompts whose most likely next token changed")
+    st.dataframe(promptset_frame(r), key=f"{prefix}_table", hide_index=True)
+
+
+def history_table(summaries) -> pd.DataFrame:
+    """The History list: one row per stored experiment, newest first, with its share link."""
+    return pd.DataFrame([{"created": datetime.fromtimestamp(s.created), "kind": s.kind, "result": s.headline,
+                          "title": s.title, "model": s.model, "experiment": s.hash, "link": share_url(s.hash, s.kind)}
+                         for s in summaries],
+                        columns=["created", "kind", "result", "title", "model", "experiment", "link"])
