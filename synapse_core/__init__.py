@@ -11,6 +11,8 @@ The engine is a stack of subpackages, each importing only from the ones listed b
     interventions   ops (zero, mean, patch, steer), ablation, sweeps, metrics, prompt sets
     analysis        trace, attention patterns, token influence, composition, attribution,
                     discovery, circuits, verification
+    graphs          attribution graphs of a frozen (local replacement) model: adjacency, pruning,
+                    influence, supernodes
     experiments     the result store and every stored experiment (ablations, sweeps, traces,
                     discoveries)
     governance      mask store, audit log, outbox, catalog, OpenMetadata client, change events
@@ -24,8 +26,8 @@ from __future__ import annotations
 
 import importlib
 
-LAYERS = ("common", "arch", "hooks", "model", "features", "interventions", "analysis", "experiments",
-          "governance", "cli")
+LAYERS = ("common", "arch", "hooks", "model", "features", "interventions", "analysis", "graphs",
+          "experiments", "governance", "cli")
 
 _EXPORTS = {
     "BadInput": "common.errors", "ModelLoadError": "common.errors", "StoreError": "common.errors",
