@@ -13,9 +13,16 @@ Sites, per layer L (names as in `layers.L.<site>`):
   mlp.out       MLP block output                                   # (batch, pos, d_model)
   resid.post    residual stream after the layer                    # (batch, pos, d_model)
 A site function takes the tensor and returns a replacement or None (keep it). Functions run in
-the order given. An attn.pattern function with the attribute `last_row = True` promises to only
-read the last query row: when every pattern function on a layer promises that, the layer keeps
-its fused SDPA kernel and only that row of probabilities is computed (batch, head, 1, k_pos).
+the order given; a hooks() block opened inside another adds its functions after the outer
+block's. An attn.pattern function with the attribute `last_row = True` promises to only read the
+last query row: when every pattern function on a layer promises that, the layer keeps its fused
+SDPA kernel and only that row of probabilities is computed (batch, head, 1, k_pos); such a
+function that returns a tensor raises HookError, since its edit could not take effect.
+
+attn.pattern functions run inside Synapse's attention function, so they need the model's attention
+to run through it: hooks() raises HookError when it does not (another implementation set with
+`set_attn_implementation`, a copy of a prepared model, or a wrapper passed instead of the model
+that was prepared), rather than letting masks and captures silently do nothing.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..arch.adapters import Architecture
+from ..common.errors import SynapseError
 
 SITES = ("attn.z", "attn.pattern", "attn.out", "mlp.out", "resid.post")
 ATTN_IMPLEMENTATION = "synapse"
@@ -39,11 +47,16 @@ ATTN_IMPLEMENTATION = "synapse"
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 SiteFns = Mapping[tuple[int, str], Sequence[SiteFn]]  # (layer, site) -> functions
 
-# model id -> the functions of the innermost hooks() block open in this thread
+# model id -> the functions of every hooks() block open in this thread, outer blocks' first
 _ACTIVE: contextvars.ContextVar[dict[int, SiteFns]] = contextvars.ContextVar("synapse_hooks", default={})
 _LOCK = threading.Lock()
 _INSTALLED: dict[int, "_Dispatch"] = {}
 _ATTN_LAYER: "weakref.WeakKeyDictionary[nn.Module, tuple[int, int]]" = weakref.WeakKeyDictionary()
+
+
+class HookError(SynapseError):
+    """A site function could not take effect: the attention does not run through Synapse's
+    function, or a read-only pattern function tried to edit."""
 
 
 class _Dispatch:
@@ -112,6 +125,23 @@ def _apply(fns: Sequence[SiteFn], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _check_attention(model: nn.Module, arch: Architecture, layers) -> None:
+    """Raise HookError unless each layer's attention will call synapse_attention for this model."""
+    for layer in sorted(set(layers)):
+        attn = arch.attn[layer]
+        implementation = getattr(getattr(attn, "config", None) or model.config, "_attn_implementation", None)
+        if implementation != ATTN_IMPLEMENTATION:
+            raise HookError(
+                f"layer {layer}'s attention runs through {implementation!r}, not Synapse's attention function, so "
+                "attention-level masks and pattern captures would do nothing: load the model through Synapse "
+                f"(or call model.set_attn_implementation({ATTN_IMPLEMENTATION!r}) again)")
+        if _ATTN_LAYER.get(attn) != (id(model), layer):
+            raise HookError(
+                f"layer {layer}'s attention module was not prepared as part of this model (a copy, or a wrapper "
+                "passed instead of the prepared model), so attention-level masks and pattern captures would do "
+                "nothing: prepare the model you run (model.loading.prepare) and pass that model")
+
+
 def install_dispatch(model: nn.Module, arch: Architecture) -> None:
     """Route the model's attention through Synapse's function (identical to SDPA when idle).
 
@@ -138,13 +168,19 @@ def hooks(model: nn.Module, arch: Architecture, fns: SiteFns) -> Iterator[None]:
         if not 0 <= layer < arch.n_layers:
             raise ValueError(f"hook on layer {layer}: the model has layers 0-{arch.n_layers - 1}")
     key = id(model)
+    outer = _ACTIVE.get().get(key, {})
+    merged = {k: list(v) for k, v in outer.items()}
+    for k, v in fns.items():
+        if v:
+            merged.setdefault(k, []).extend(v)
+    _check_attention(model, arch, [layer for layer, site in merged if site == "attn.pattern"])
     with _LOCK:
         dispatch = _INSTALLED.get(key)
         if dispatch is None:
             dispatch = _INSTALLED[key] = _Dispatch(model, arch)
         dispatch.users += 1
     table = dict(_ACTIVE.get())
-    table[key] = {k: list(v) for k, v in fns.items() if v}
+    table[key] = merged
     token = _ACTIVE.set(table)
     try:
         yield
@@ -223,7 +259,12 @@ def synapse_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if softcap is None and (not fns or all(getattr(fn, "last_row", False) for fn in fns)):
         out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         if fns:
-            _apply(fns, last_row_probs(query, key, attention_mask, scaling))
+            row = last_row_probs(query, key, attention_mask, scaling)
+            for fn in fns:
+                if fn(row) is not None:
+                    raise HookError(f"pattern function {getattr(fn, '__name__', fn)!r} on layer {owner[1]} promises "
+                                    "to only read (last_row = True) but returned a tensor: drop last_row to edit "
+                                    "the probabilities")
         return out
     return eager_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap, fns=fns or ())
 

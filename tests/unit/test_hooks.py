@@ -1,12 +1,13 @@
 """The hook dispatcher: parity with a plain forward pass, captured tensors, clean removal, nesting
 and thread isolation."""
+import copy
 import threading
 
 import pytest
 import torch
 
 from synapse_core.arch.spec import HeadMask
-from synapse_core.hooks.dispatch import SITES, active_handle_count, hooks
+from synapse_core.hooks.dispatch import SITES, HookError, active_handle_count, hooks
 from synapse_core.hooks.masking import mask_fns, merge_fns
 
 
@@ -153,13 +154,15 @@ def test_bad_site_or_layer_installs_nothing(llama):
     assert active_handle_count(llama.model) == 0
 
 
-def test_nested_blocks_do_not_leak(llama, tiny):
+def test_nested_blocks_add_to_the_outer_block_and_do_not_leak(llama, tiny):
     model, arch, ids = llama.model, llama.arch, tiny.sample_ids()
     outer_fns, inner_fns = mask_fns((HeadMask(0, 1),)), mask_fns((HeadMask(1, 2),))
     with torch.no_grad():
         plain = model(ids).logits
         with hooks(model, arch, inner_fns):
             inner_alone = model(ids).logits
+        with hooks(model, arch, mask_fns((HeadMask(0, 1), HeadMask(1, 2)))):
+            both = model(ids).logits
         with hooks(model, arch, outer_fns):
             outer_before = model(ids).logits
             count = active_handle_count(model)
@@ -171,7 +174,8 @@ def test_nested_blocks_do_not_leak(llama, tiny):
         assert active_handle_count(model) == 0
         after = model(ids).logits
     assert (outer_before - plain).abs().max() > 1e-3
-    torch.testing.assert_close(inner, inner_alone, rtol=0, atol=1e-6)  # the innermost block's functions
+    assert (inner - inner_alone).abs().max() > 1e-3  # the outer block's mask still holds inside
+    torch.testing.assert_close(inner, both, rtol=0, atol=1e-6)  # outer and inner functions together
     torch.testing.assert_close(outer_after, outer_before, rtol=0, atol=0)
     torch.testing.assert_close(after, plain, rtol=0, atol=0)
 
@@ -237,3 +241,49 @@ def test_threads_see_only_their_own_masks(tiny):
         for got in results[name]:
             torch.testing.assert_close(got, alone[name], rtol=0, atol=1e-6)
     assert active_handle_count(model) == 0
+
+
+_ATTENTION_MASK = mask_fns((HeadMask(1, 2, level="attention"),))
+
+
+def test_attention_masks_refuse_a_model_whose_attention_bypasses_synapse(tiny):
+    handle = tiny.make_handle("llama")
+    handle.model.set_attn_implementation("sdpa")
+    with pytest.raises(HookError, match="'sdpa', not Synapse's attention function"):
+        with hooks(handle.model, handle.arch, _ATTENTION_MASK):
+            pass
+    assert active_handle_count(handle.model) == 0
+    with torch.no_grad(), hooks(handle.model, handle.arch, mask_fns((HeadMask(1, 2),))):
+        handle.model(tiny.sample_ids())  # projection-level masks do not need the attention function
+
+
+def test_pattern_capture_refuses_a_copy_or_a_wrapper(tiny):
+    handle = tiny.make_handle("llama")
+    capture = {(0, "attn.pattern"): [lambda p: None]}
+    clone = copy.deepcopy(handle.model)
+    from synapse_core.arch.adapters import discover
+
+    for model, arch in ((clone, discover(clone)), (clone, handle.arch)):
+        with pytest.raises(HookError, match="not prepared as part of this model"):
+            with hooks(model, arch, capture):
+                pass
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    with pytest.raises(HookError, match="not prepared as part of this model"):
+        with hooks(Wrapper(handle.model), handle.arch, capture):
+            pass
+
+
+def test_a_read_only_pattern_function_may_not_edit(llama, tiny):
+    def edits(p):
+        return p * 0
+
+    edits.last_row = True
+    with pytest.raises(HookError, match="promises to only read"):
+        with torch.no_grad(), hooks(llama.model, llama.arch, {(0, "attn.pattern"): [edits]}):
+            llama.model(tiny.sample_ids())
+    assert active_handle_count(llama.model) == 0
