@@ -41,29 +41,39 @@ def home():
     st.markdown(demo.WALKTHROUGH)
 
 
-def try_load(spec: str) -> None:
-    """Load `spec` for this session; on failure keep the model in use and say why."""
+RESET_MODEL_INPUT = "model_spec_reset"  # set after a failed Load: the spec box shows the model in use again
+
+
+def try_load(spec: str) -> bool:
+    """Load `spec` for this session; on failure keep the model in use and keep the reason to show once."""
     try:
         with st.spinner(f"Loading model {spec!r} …"):
             core.load_model(spec)
     except SynapseError as exc:
         st.session_state[core.LOAD_ERROR] = f"could not load {spec!r}: {exc}"
         st.session_state.setdefault(core.LOADED_SPEC, None)
-        return
+        return False
     st.session_state[core.LOADED_SPEC] = spec
-    st.session_state.pop(core.LOAD_ERROR, None)
+    return True
 
 
 def model_sidebar():
     st.header("Model")
-    st.text_input("Model spec", value=core.default_spec(), key=core.MODEL_INPUT,
+    # the box's value comes from session state only (no value=): a widget default also set through
+    # session state makes Streamlit log a warning, and the box is reset here after a failed load
+    if core.MODEL_INPUT not in st.session_state or st.session_state.pop(RESET_MODEL_INPUT, False):
+        st.session_state[core.MODEL_INPUT] = st.session_state.get(core.LOADED_SPEC) or core.default_spec()
+    st.text_input("Model spec", key=core.MODEL_INPUT,
                   help="'bundled' (SmolLM2-135M-Instruct), a folder of safetensors weights, a .gguf file or a hub id")
     if st.button("Load", key="model_load", type="primary"):
-        try_load(st.session_state[core.MODEL_INPUT].strip())
+        if not try_load(st.session_state[core.MODEL_INPUT].strip()):
+            st.session_state[RESET_MODEL_INPUT] = True
+            st.rerun()  # draw the box again with the model in use; the error shows below it, this once
     elif core.LOADED_SPEC not in st.session_state:  # a new session starts on the default model
         try_load(core.default_spec())
-    if core.LOAD_ERROR in st.session_state:
-        st.error(st.session_state[core.LOAD_ERROR])
+    error = st.session_state.pop(core.LOAD_ERROR, None)
+    if error:
+        st.error(error)
     handle = core.current_model()
     if handle is None:
         st.info("No model loaded.")

@@ -32,7 +32,7 @@ from synapse_core.governance.service import Governance, GovernanceStatus
 # Session-state keys shared across pages. Page-local widget keys live in their page.
 MODEL_INPUT = "model_spec_input"  # sidebar text input: the spec the user typed
 LOADED_SPEC = "loaded_model_spec"  # the spec this session's pages use (set after a successful load)
-LOAD_ERROR = "model_load_error"  # message of the last failed load, shown until a load succeeds
+LOAD_ERROR = "model_load_error"  # message of the last failed load, shown once under the spec box
 MASK_TEXT = "session_mask_heads"  # sidebar text input: heads to mask, "3.1, 5.2"
 MASK_LEVEL = "session_mask_level"  # sidebar selectbox: projection | attention | both
 TRACE_RUN = "trace_run"  # the TraceRun shown on the Trace page

@@ -42,3 +42,17 @@ def test_bad_model_spec_shows_an_error_and_keeps_the_loaded_model():
     assert not at.exception
     assert "/nowhere/model.gguf does not exist" in at.sidebar.error[0].value
     assert "SmolLM2-135M-Instruct" in at.sidebar.markdown[0].value
+
+
+def test_a_failed_load_is_said_once_and_the_spec_box_shows_the_model_in_use():
+    at = app()
+    at.sidebar.text_input(key=core.MODEL_INPUT).input("no/such-model")
+    at.sidebar.button(key="model_load").click().run()
+    assert not at.exception
+    (error,) = at.sidebar.error
+    assert error.value.startswith("could not load 'no/such-model': could not fetch 'no/such-model'")
+    assert at.sidebar.text_input(key=core.MODEL_INPUT).value == "bundled"  # the model in use
+    assert "SmolLM2-135M-Instruct" in at.sidebar.markdown[0].value
+    at.switch_page("pages/history.py").run()  # any later run: the error is gone
+    assert not at.sidebar.error and not at.exception
+    assert at.sidebar.text_input(key=core.MODEL_INPUT).value == "bundled"
