@@ -2,8 +2,9 @@
 
 One JSON file per model under $SYNAPSE_HOME/masks/, keyed by the weights fingerprint (so a
 fine-tune with the same name never inherits another model's masks), beside an append-only audit
-log (JSON lines) of every add, remove, clear and sync. Writes are atomic and cross-process safe
-(see durable.py). Trace, ablate, sweep and discover apply `MaskStore().masks(handle)` unless the
+log (JSON lines) of every add, remove, clear and sync. One lock per model covers a change, its
+audit record and its outbox entry, written together through a write-ahead intent (common/files.py):
+a crash between the writes is completed by the next call, whatever it is. Trace, ablate, sweep and discover apply `MaskStore().masks(handle)` unless the
 user asks for the raw model.
 
 >>> store = MaskStore()
@@ -14,16 +15,19 @@ user asks for the raw model.
 from __future__ import annotations
 
 import getpass
+import json
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..arch.spec import MASK_LEVELS, HeadMask, HeadRef, parse_head
 from ..common import settings
 from ..common.errors import BadInput, StoreError
-from ..common.files import append_line, atomic_write_json, locked, read_json, read_lines
+from ..common.files import commit, locked, read_json, read_lines, recover
 
 _FORMAT = 1
 
@@ -63,7 +67,7 @@ def current_user() -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,17 @@ class MaskEntry:
         return f"{self.layer}.{self.head}"
 
     @classmethod
-    def from_json(cls, data: dict) -> "MaskEntry":
+    def from_json(cls, data) -> MaskEntry:
+        """An entry from its JSON object; TypeError/ValueError naming what is wrong with it."""
+        if not isinstance(data, dict):
+            raise TypeError(f"entry {json.dumps(data)[:60]} is not an object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (entry.layer, entry.head)):
+            raise TypeError(f"entry {json.dumps(data)[:60]} has no integer layer and head")
+        if entry.level not in MASK_LEVELS or not isinstance(entry.reason, str):
+            raise ValueError(f"entry {entry.layer}.{entry.head} has level {entry.level!r} or no reason")
+        return entry
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class AuditRecord:
     experiment: str | None = None
     source: str = "local"  # local | openmetadata
     detail: str | None = None  # e.g. "added 3.1; removed 5.2" for a sync
+    id: str | None = None  # unique, so a crash recovery never writes a record twice
 
 
 @dataclass(frozen=True)
@@ -157,46 +170,73 @@ class MaskStore:
         base = self.path / ident.fingerprint
         return base.with_suffix(".json"), base.with_suffix(".audit.jsonl"), base.with_suffix(".lock")
 
+    def file(self, model, suffix: str) -> Path:
+        """A file of this model beside its list, e.g. file(model, ".outbox.json")."""
+        ident = identity_of(model)
+        self._files(ident)  # checks the fingerprint can name a file
+        return self.path / f"{ident.fingerprint}{suffix}"
+
     def lock_path(self, model) -> Path:
         return self._files(identity_of(model))[2]
+
+    def _intent(self, ident: ModelIdentity) -> Path:
+        return self.path / f"{ident.fingerprint}.intent"
+
+    @contextmanager
+    def locked(self, model) -> Iterator[None]:
+        """Hold the model's one lock (re-entrant), having first completed a change a crash left half done."""
+        ident = identity_of(model)
+        with locked(self.lock_path(ident)):
+            recover(self._intent(ident))
+            yield
+
+    def settle(self, model) -> None:
+        """Complete a half-done change before a read (cheap when there is none)."""
+        ident = identity_of(model)
+        if self._intent(ident).exists():
+            with self.locked(ident):
+                pass
 
     def _read(self, ident: ModelIdentity, list_path: Path) -> list[MaskEntry]:
         data = read_json(list_path, {"entries": []})
         try:
             entries = [MaskEntry.from_json(e) for e in data["entries"]]
-        except (KeyError, TypeError) as exc:
-            raise StoreError(f"{list_path} is not a Synapse quarantine list ({exc})") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{list_path} is not a Synapse quarantine list ({exc}); fix or remove it") from None
         return sorted(entries, key=lambda e: (e.layer, e.head))
 
-    def _write(self, ident: ModelIdentity, list_path: Path, entries: list[MaskEntry]) -> None:
-        atomic_write_json(list_path, {
+    def _text(self, ident: ModelIdentity, entries) -> str:
+        return json.dumps({
             "format": _FORMAT,
             "model": ident.name,
             "fingerprint": ident.fingerprint,
             "n_layers": ident.n_layers,
             "n_heads": ident.n_heads,
             "entries": [asdict(e) for e in sorted(entries, key=lambda e: (e.layer, e.head))],
-        })
+        }, indent=1, sort_keys=True) + "\n"
 
     def _change(self, model, action: str, by: str | None, source: str, edit, reason=None, experiment=None,
-                detail_fn=None) -> StoreChange:
-        """Read, edit and write the list under the lock, then log the change (if any)."""
+                detail_fn=None, also: Callable[[tuple, tuple], Mapping[Path, str]] | None = None) -> StoreChange:
+        """Read and edit the list under the model's lock, then write it, its audit record and the
+        files `also(added, removed)` returns (the outbox) as one change."""
         ident = identity_of(model)
-        list_path, audit_path, lock_path = self._files(ident)
-        with locked(lock_path):
+        list_path, audit_path, _ = self._files(ident)
+        with self.locked(ident):
             before = {e.ref: e for e in self._read(ident, list_path)}
             after = edit(dict(before))
             added = tuple(e for ref, e in sorted(after.items()) if before.get(ref) != e)
             removed = tuple(e for ref, e in sorted(before.items()) if ref not in after)
             if not (added or removed):
                 return StoreChange()
-            self._write(ident, list_path, list(after.values()))
+            writes = dict(also(added, removed)) if also else {}  # read before anything is written
             heads = tuple(e.short for e in added + removed)
-            append_line(audit_path, asdict(AuditRecord(
+            record = asdict(AuditRecord(
                 at=now_iso(), by=by or current_user(), action=action, heads=heads, reason=reason,
                 experiment=experiment, source=source,
-                detail=detail_fn(added, removed) if detail_fn else None,
-            )))
+                detail=detail_fn(added, removed) if detail_fn else None, id=uuid.uuid4().hex,
+            ))
+            commit(self._intent(ident), {list_path: self._text(ident, after.values()), **writes},
+                   {audit_path: [record]})
             return StoreChange(added, removed)
 
     # ---- reading -----------------------------------------------------------------------------
@@ -204,6 +244,7 @@ class MaskStore:
     def list(self, model) -> list[MaskEntry]:
         """The model's quarantined heads, ordered by layer and head."""
         ident = identity_of(model)
+        self.settle(ident)
         return self._read(ident, self._files(ident)[0])
 
     def masks(self, model) -> list[HeadMask]:
@@ -216,8 +257,10 @@ class MaskStore:
         return out
 
     def audit(self, model, limit: int | None = None) -> list[AuditRecord]:
-        """The audit log, oldest first; the last `limit` records when given."""
-        records = read_lines(self._files(identity_of(model))[1])
+        """The audit log, oldest first; the last `limit` records when given. StoreError names damaged lines."""
+        ident = identity_of(model)
+        self.settle(ident)
+        records = read_lines(self._files(ident)[1])
         known = {f.name for f in fields(AuditRecord)}
         out = [AuditRecord(**{**{k: v for k, v in r.items() if k in known}, "heads": tuple(r.get("heads", ()))})
                for r in records]
@@ -227,7 +270,7 @@ class MaskStore:
 
     def add(self, model, heads: Iterable, *, reason: str, level: str = "projection", experiment: str | None = None,
             effect: str | None = None, prompt: str | None = None, target: str | None = None,
-            by: str | None = None, source: str = "local", keep_existing: bool = False) -> StoreChange:
+            by: str | None = None, source: str = "local", keep_existing: bool = False, also=None) -> StoreChange:
         """Quarantine heads ("L.H", HeadRef, HeadMask or (layer, head)) at `level`.
 
         A head already quarantined is re-recorded with the new evidence, unless keep_existing
@@ -256,10 +299,10 @@ class MaskStore:
                 current[ref] = new
             return current
 
-        return self._change(ident, "add", by, source, edit, reason=reason.strip(), experiment=experiment)
+        return self._change(ident, "add", by, source, edit, reason=reason.strip(), experiment=experiment, also=also)
 
     def remove(self, model, heads: Iterable, *, by: str | None = None, source: str = "local",
-               missing_ok: bool = False) -> StoreChange:
+               missing_ok: bool = False, also=None) -> StoreChange:
         """Release heads from quarantine. A head that is not quarantined is an error unless missing_ok."""
         ident = identity_of(model)
         refs = sorted({_to_ref(h) for h in heads})
@@ -277,15 +320,20 @@ class MaskStore:
                 current.pop(ref, None)
             return current
 
-        return self._change(ident, "remove", by, source, edit)
+        return self._change(ident, "remove", by, source, edit, also=also)
 
-    def clear(self, model, *, by: str | None = None, source: str = "local") -> StoreChange:
-        """Release every head of this model."""
-        return self._change(model, "clear", by, source, lambda current: {})
+    def clear(self, model, *, by: str | None = None, source: str = "local", also=None) -> StoreChange:
+        """Release every head of this model. also(added, removed): more files written with the change."""
+        return self._change(model, "clear", by, source, lambda current: {}, also=also)
 
-    def replace(self, model, entries: Iterable[MaskEntry], *, by: str | None = None,
-                source: str = "openmetadata") -> StoreChange:
-        """Make the list equal to `entries` by head (a sync): heads in both keep their local entry."""
+    def replace(self, model, entries: Iterable[MaskEntry], *, by: str | None = None, source: str = "openmetadata",
+                base: Mapping[HeadRef, MaskEntry] | None = None,
+                keep: Callable[[], Iterable[HeadRef]] | None = None) -> StoreChange:
+        """Make the list equal to `entries` by head (a sync): heads in both keep their local entry.
+
+        base: the local list when the server was read; a head whose local entry changed since then
+        is a newer local change and stays as it is. keep(): heads to leave alone (a change still
+        waiting in the outbox), asked under the lock."""
         ident = identity_of(model)
         wanted = {}
         for entry in entries:
@@ -293,7 +341,12 @@ class MaskStore:
             wanted[entry.ref] = entry
 
         def edit(current: dict) -> dict:
-            return {ref: current.get(ref, entry) for ref, entry in wanted.items()}
+            held = set(keep() if keep else ())
+            if base is not None:
+                held |= {ref for ref in set(base) | set(current) if base.get(ref) != current.get(ref)}
+            out = {ref: current.get(ref, entry) for ref, entry in wanted.items() if ref not in held}
+            out.update({ref: current[ref] for ref in held if ref in current})
+            return out
 
         def detail(added, removed) -> str:
             return (f"added {', '.join(e.short for e in added) or 'none'}; "

@@ -11,7 +11,12 @@ Known traps of the SDK and server, each handled here:
 - names with a dot are quoted in fully qualified names: built and split with metadata.utils.fqn;
 - the client refuses a server whose major.minor differs: reported naming both versions;
 - the SDK caches lineage edges per process and never invalidates them after a patch: cleared
-  before each lineage batch, so a merge is computed against the server's state.
+  before each lineage batch, so a merge is computed against the server's state;
+- the SDK retries timed-out reads with back-off and its timeouts bound one socket read, not a
+  request: its transport is replaced by one with a deadline for the whole client (omtransport.py);
+- the version endpoint needs no token: `check_token` asks an authenticated endpoint;
+- a schema that was never bootstrapped reads as "no tables": `defects` refuses it, so a sync never
+  takes an empty catalog for "no defects".
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import requests
-from metadata.__version__ import match_versions
 from metadata.generated.schema.api.classification.createClassification import CreateClassificationRequest
 from metadata.generated.schema.api.classification.createTag import CreateTagRequest
 from metadata.generated.schema.api.data.createDatabase import CreateDatabaseRequest
@@ -43,10 +47,10 @@ from metadata.generated.schema.security.client.openMetadataJWTClientConfig impor
 from metadata.generated.schema.type.entityLineage import ColumnLineage, EntitiesEdge, LineageDetails
 from metadata.generated.schema.type.entityReference import EntityReference
 from metadata.generated.schema.type.tagLabel import LabelType, State, TagLabel, TagSource
-from metadata.ingestion.ometa.client import APIError, HtmlResponseError, RestTransportError
+from metadata.ingestion.ometa.client import APIError, RestTransportError
 from metadata.ingestion.ometa.mixins import lineage_mixin
-from metadata.ingestion.ometa.mixins.server_mixin import VersionMismatchException, VersionNotFoundException
-from metadata.ingestion.ometa.ometa_api import EmptyPayloadException, OpenMetadata
+from metadata.ingestion.ometa.mixins.server_mixin import VersionMismatchException
+from metadata.ingestion.ometa.ometa_api import OpenMetadata
 from metadata.ingestion.ometa.utils import model_str
 
 from .catalog import (
@@ -61,8 +65,9 @@ from .catalog import (
     strip_evidence,
     with_evidence,
 )
-from .omconfig import TOKEN_ENV, OMAuthError, OMConfig, OMError, OMRejected, OMUnavailable, OMVersionMismatch
+from .omconfig import OMConfig, OMRejected, OMUnavailable, OMVersionMismatch
 from .omnames import column_fqn, database_fqn, schema_fqn, split_fqn, table_fqn
+from .omtransport import DEADLINE_S, bound, raise_translated
 
 log = logging.getLogger(__name__)
 _PATCH_TRIES = 3  # optimistic-lock (If-Match) retries when a column changed under us
@@ -105,9 +110,11 @@ def _has_defective(column: Column) -> bool:
 class OMClient:
     """One connection to OpenMetadata for one catalog. Construction checks the server's version."""
 
-    def __init__(self, config: OMConfig, timeout: tuple[int, int] = (5, 60)):
+    def __init__(self, config: OMConfig, timeout: tuple[float, float] = (5, 30), deadline_s: float = DEADLINE_S):
+        """deadline_s: the client's whole life with the server; nothing it asks takes longer."""
         self.config = config
         self.server = config.server
+        self._deadline = None
         with self._translate("read its version"):
             connection = OpenMetadataConnection(
                 hostPort=config.api_url, authProvider=AuthProvider.openmetadata,
@@ -115,6 +122,7 @@ class OMClient:
             )
             # no 30 s sleeps between retries: a page is waiting, and the outbox retries later anyway
             self._om = OpenMetadata(connection, additional_client_config_arguments={"retry": 0, "timeout": timeout})
+            self._deadline = bound(self._om.client._session, deadline_s, timeout)
             self.server_version = self._om.server_version
             self.client_version = self._om.client_version
         try:
@@ -132,36 +140,29 @@ class OMClient:
         return f"OMClient(server={self.server!r}, version={getattr(self, 'server_version', None)!r})"
 
     def close(self) -> None:
+        if self._deadline:
+            self._deadline.cancel()
         self._om.close()
 
     @contextmanager
     def _translate(self, what: str) -> Iterator[None]:
-        """Turn the SDK's many failure types into OMError subclasses that say what to do."""
+        """Turn the SDK's many failure types into OMError subclasses that say what to do; after the
+        deadline, whatever a cut connection led to is said as what it is."""
         try:
             yield
-        except OMError:
-            raise
-        except (RestTransportError, requests.exceptions.RequestException) as exc:
-            cause = type(getattr(exc, "cause", exc)).__name__
-            raise OMUnavailable(f"OpenMetadata at {self.server} is unreachable ({cause}) while trying to {what}; "
-                                "check that the server runs and the host is right") from exc
-        except HtmlResponseError as exc:
-            raise OMUnavailable(f"{self.server} answered a web page instead of the API while trying to {what}: "
-                                "check the host (the server's URL, e.g. http://localhost:8585)") from exc
-        except APIError as exc:
-            status = exc.status_code or exc.code
-            if status in (401, 403):
-                raise OMAuthError(f"OpenMetadata at {self.server} rejected the token (HTTP {status}) while trying "
-                                  f"to {what}: set {TOKEN_ENV} to a valid bot JWT") from exc
-            raise OMRejected(f"OpenMetadata at {self.server} refused to {what}: HTTP {status}: {exc}") from exc
-        except VersionNotFoundException as exc:
-            text = str(exc)
-            if "Not authorized" in text:
-                raise OMAuthError(f"OpenMetadata at {self.server} rejected the token: set {TOKEN_ENV} to a valid "
-                                  "bot JWT") from exc
-            raise OMUnavailable(f"cannot read the version of OpenMetadata at {self.server}: {text}") from exc
-        except EmptyPayloadException as exc:
-            raise OMRejected(f"OpenMetadata at {self.server} answered nothing while trying to {what}") from exc
+        except Exception as exc:
+            if self._deadline is not None and (self._deadline.expired or self._deadline.remaining() <= 0):
+                raise OMUnavailable(f"OpenMetadata at {self.server} did not answer within "
+                                    f"{self._deadline.seconds:g} s while trying to {what}; check that the "
+                                    "server runs and is not overloaded") from exc
+            raise_translated(exc, self.server, what)
+
+    def check_token(self) -> None:
+        """Ask an endpoint that needs the token (the version endpoint does not); OMAuthError when refused."""
+        with self._translate("list classifications (checking the token)"):
+            answer = self._om.client.get("/classifications", data={"limit": 1})
+            if not isinstance(answer, dict):
+                raise OMRejected(f"OpenMetadata at {self.server} did not answer a token check with JSON")
 
     # ---- bootstrap -----------------------------------------------------------------------------
 
@@ -327,10 +328,22 @@ class OMClient:
             return self._patch_column(catalog, layer, head, change)
 
     def defects(self, catalog: Catalog) -> list[ServerDefect]:
-        """Every Head column of this model tagged DEFECTIVE on the server."""
+        """Every Head column of this model tagged DEFECTIVE on the server.
+
+        OMRejected ("bootstrap first") when the model's catalog is missing or has lost layer tables:
+        a catalog that is not there is unknown, not clean."""
         out = []
         with self._translate(f"read the quarantined heads of {catalog.model}"):
-            for table in self._tables(catalog):
+            tables = self._tables(catalog)
+            found = {parse_layer_table(model_str(t.name)) for t in tables}
+            missing = [layer for layer in range(catalog.n_layers) if layer not in found]
+            if missing:
+                what = ("has no catalog of " + catalog.model if len(missing) == catalog.n_layers else
+                        f"lacks the tables of layer(s) {', '.join(map(str, missing[:5]))} of {catalog.model}")
+                raise OMRejected(f"OpenMetadata at {self.server} {what}, so which heads are quarantined there is "
+                                 "unknown; nothing was released. Bootstrap first: `python -m synapse_core om "
+                                 "bootstrap` (or the page's Bootstrap button)")
+            for table in tables:
                 layer = parse_layer_table(model_str(table.name))
                 if layer is None or layer >= catalog.n_layers:
                     continue

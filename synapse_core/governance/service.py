@@ -1,9 +1,10 @@
 """Governance: quarantine heads, keep the quarantine in OpenMetadata, and take its changes back.
 
 One object per model for the page and the CLI. Every change takes effect locally first (the
-mask store, in force for every later run); its server-side counterpart goes through the outbox,
-sent at once when OpenMetadata answers and otherwise on the next sync, so the page can say
-plainly what happened. Without a configured server (embedded mode) changes wait in the outbox for
+mask store, in force for every later run) together with its outbox entry, under the model's one
+lock; the entry is sent at once when OpenMetadata answers and otherwise on the next sync, so the
+page can say plainly what happened. No lock is held while the server is asked, and each command's
+time with the server is bounded by one deadline (omtransport.DEADLINE_S). Without a configured server (embedded mode) changes wait in the outbox for
 a future server. Results are frozen dataclasses; nothing is cached on the object but its settings.
 
 >>> gov = Governance(handle, config_from_env(), user="alice")
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 from ..arch.spec import MASK_LEVELS
@@ -108,12 +110,14 @@ class Governance:
     """
 
     def __init__(self, model, config: OMConfig | None | str = "env", store: MaskStore | None = None,
-                 user: str | None = None):
+                 user: str | None = None, deadline_s: float | None = None):
+        """deadline_s: one command's whole time with the server (default omtransport.DEADLINE_S)."""
         self.identity: ModelIdentity = identity_of(model)
         self.config: OMConfig | None = config_from_env() if config == "env" else config
         self.store = store or MaskStore()
         self.outbox = Outbox(self.store)
         self.user = user or current_user()
+        self.deadline_s = deadline_s
 
     def __repr__(self) -> str:
         return f"Governance(model={self.identity.name!r}, mode={self.mode!r})"
@@ -150,7 +154,7 @@ class Governance:
                           "(or [openmetadata] host/token in .streamlit/secrets.toml)")
         from .openmetadata import OMClient  # imports the SDK: only when a server is configured
 
-        return OMClient(self.config)
+        return OMClient(self.config) if self.deadline_s is None else OMClient(self.config, deadline_s=self.deadline_s)
 
     def status(self) -> GovernanceStatus:
         masked, pending = len(self.masks()), len(self.pending())
@@ -163,6 +167,12 @@ class Governance:
         except OMError as exc:
             return GovernanceStatus(OPENMETADATA, self.config.server, False, None, _sdk_version(), masked, pending,
                                     str(exc), f"OpenMetadata is not usable: {exc}")
+        try:
+            client.check_token()  # the version endpoint answers anyone
+        except OMError as exc:
+            client.close()
+            return GovernanceStatus(OPENMETADATA, self.config.server, False, client.server_version,
+                                    client.client_version, masked, pending, str(exc), f"OpenMetadata is not usable: {exc}")
         try:
             return GovernanceStatus(OPENMETADATA, self.config.server, True, client.server_version,
                                     client.client_version, masked, pending, None,
@@ -191,14 +201,21 @@ class Governance:
         except OMError as exc:
             return Delivery((), pending, str(exc))
         try:
-            return self.outbox.deliver(self.identity, self._send(client, self.catalog()))
+            return self.outbox.deliver(self.identity, self._send(client, self.catalog()), self._deadline(client))
         finally:
             client.close()
 
+    @staticmethod
+    def _deadline(client) -> float | None:
+        deadline = getattr(client, "_deadline", None)
+        return deadline and time.monotonic() + deadline.remaining()
+
+    def _queue(self, op: str, added, removed) -> dict:
+        """The outbox entries of a change, written with it (see MaskStore._change's `also`)."""
+        return self.outbox.staged(self.identity, op, added if op == "add" else removed)
+
     def _report(self, action: str, verb: str, change: StoreChange, op: str) -> ChangeReport:
         entries = change.added if op == "add" else change.removed
-        if entries:
-            self.outbox.enqueue(self.identity, op, entries)
         changed = tuple(e.short for e in entries)
         local = f"{verb} {_heads(entries)}." if entries else f"Nothing to change: {action} left the list as it was."
         delivery = self.deliver()
@@ -218,17 +235,18 @@ class Governance:
                    effect: str | None = None, prompt: str | None = None, target: str | None = None) -> ChangeReport:
         """Quarantine heads ("L.H", HeadRef or (layer, head)) with the evidence that justified it."""
         change = self.store.add(self.identity, heads, reason=reason, level=level, experiment=experiment,
-                                effect=effect, prompt=prompt, target=target, by=self.user)
+                                effect=effect, prompt=prompt, target=target, by=self.user,
+                                also=partial(self._queue, "add"))
         return self._report("quarantine", "Quarantined", change, "add")
 
     def release(self, heads) -> ChangeReport:
         """Un-quarantine heads: every later run uses them again."""
-        change = self.store.remove(self.identity, heads, by=self.user)
+        change = self.store.remove(self.identity, heads, by=self.user, also=partial(self._queue, "remove"))
         return self._report("release", "Released", change, "remove")
 
     def clear(self) -> ChangeReport:
         """Release every head of the model (the page asks for confirmation first)."""
-        change = self.store.clear(self.identity, by=self.user)
+        change = self.store.clear(self.identity, by=self.user, also=partial(self._queue, "remove"))
         return self._report("clear", "Released", change, "remove")
 
     # ---- OpenMetadata --------------------------------------------------------------------------
@@ -241,7 +259,7 @@ class Governance:
         try:
             catalog = self.catalog(roles)
             report = client.bootstrap(catalog)
-            delivery = self.outbox.deliver(self.identity, self._send(client, catalog))
+            delivery = self.outbox.deliver(self.identity, self._send(client, catalog), self._deadline(client))
         finally:
             client.close()
         return replace(report, delivered=len(delivery.delivered), pending=len(delivery.pending),
@@ -250,16 +268,21 @@ class Governance:
     def sync(self) -> SyncReport:
         """Send the outbox, then make the local list equal to the heads tagged DEFECTIVE on the server.
 
-        Raises OMError (local state untouched) when the server is unusable or the outbox cannot be
-        emptied: pulling before local changes arrived would undo them."""
+        Raises OMError (local state untouched) when the server is unusable, its catalog was never
+        bootstrapped, or the outbox cannot be emptied: pulling before local changes arrived would
+        undo them. A head changed locally while the server was read, or with a change still in the
+        outbox (then or now), keeps its local state."""
         client = self.client()
         try:
             catalog = self.catalog()
-            delivery = self.outbox.deliver(self.identity, self._send(client, catalog))
+            delivery = self.outbox.deliver(self.identity, self._send(client, catalog), self._deadline(client))
             if delivery.error:  # same type as the failure (OMAuthError, OMUnavailable, ...), fuller message
                 kind = type(delivery.failure) if delivery.failure else OMError
                 raise kind(f"{len(delivery.delivered)} change(s) sent, {len(delivery.pending)} still waiting: "
                            f"{delivery.error}. The local quarantine was left as it is.") from delivery.failure
+            with self.store.locked(self.identity):  # the state the server's answer is compared with
+                base = {e.ref: e for e in self.store.list(self.identity)}
+                held = self.outbox.pending_heads(self.identity)
             defects = client.defects(catalog)
         finally:
             client.close()
@@ -271,7 +294,8 @@ class Governance:
                 ev.get("reason") or "tagged SynapseQuarantine.DEFECTIVE in OpenMetadata", ev.get("experiment"),
                 ev.get("effect"), ev.get("prompt"), ev.get("target"), ev.get("at") or now_iso(),
                 ev.get("by") or "openmetadata", "openmetadata"))
-        change = self.store.replace(self.identity, entries, by=self.user)
+        change = self.store.replace(self.identity, entries, by=self.user, base=base,
+                                    keep=lambda: held | self.outbox.pending_heads(self.identity))
         parts = [f"added {_heads(change.added)}" if change.added else "",
                  f"removed {_heads(change.removed)}" if change.removed else ""]
         summary = "; ".join(p for p in parts if p) or "already equal"

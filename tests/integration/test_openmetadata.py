@@ -149,8 +149,8 @@ def test_bad_token_is_a_clear_error_and_local_state_is_kept(stub, store):
     assert [m.short for m in bad.masks()] == ["1.1"] and report.pending == 1
     with pytest.raises(OMAuthError, match="rejected the token"):
         bad.sync()
-    status = bad.status()
-    assert status.connected and status.server_version == "2.0.6"  # the version endpoint needs no token
+    status = bad.status()  # the version endpoint answers anyone: the status asks one that needs the token
+    assert not status.connected and status.server_version == "2.0.6" and "rejected the token" in status.error
     assert [m.short for m in bad.masks()] == ["1.1"] and "expired-token" not in report.message
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from synapse_core import HeadMask
 from synapse_core.common.errors import BadInput, StoreError
-from synapse_core.common.files import PAUSE_ENV, append_line, read_lines
+from synapse_core.common.files import PAUSE_ENV, PAUSE_ON_ENV, append_line, read_lines
 from synapse_core.governance.maskstore import MaskEntry, MaskStore, ModelIdentity, identity_of
 from synapse_core.governance.omconfig import OMError, OMUnavailable
 from synapse_core.governance.outbox import Outbox
@@ -28,19 +28,22 @@ import sys, types, time
 from pathlib import Path
 pkg = types.ModuleType("synapse_core"); pkg.__path__ = [{pkg!r}]; sys.modules["synapse_core"] = pkg
 from synapse_core.governance.maskstore import MaskStore, ModelIdentity
+from synapse_core.governance.outbox import Outbox
 ident = ModelIdentity("tiny", "00ff00ff00ff00ff", 8, 8)
 store = MaskStore({path!r})
+outbox = Outbox(store)
 go = Path({go!r})
 while not go.exists():
     time.sleep(0.01)
 for head in {heads!r}:
-    store.add(ident, [head], reason="child " + {name!r}, by={name!r})
+    store.add(ident, [head], reason="child " + {name!r}, by={name!r},
+              also=(lambda added, removed: outbox.staged(ident, "add", added)) if {queue!r} else None)
 """
 
 
-def _child(tmp_path, heads, name, go, env=None):
+def _child(tmp_path, heads, name, go, env=None, queue=False):
     code = CHILD.format(pkg=str(ROOT / "synapse_core"), path=str(tmp_path / "masks"), go=str(go), heads=heads,
-                        name=name)
+                        name=name, queue=queue)
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -142,31 +145,60 @@ def test_audit_log_skips_a_torn_last_line(tmp_path):
     assert read_lines(log) == [{"n": 1}]
 
 
-def test_process_killed_mid_write_leaves_previous_list_intact(store, tmp_path):
-    store.add(TINY, ["1.1"], reason="before")
-    list_path = store.path / f"{TINY.fingerprint}.json"
-    before = list_path.read_text()
+def _kill_at(tmp_path, suffix: str, queue: bool):
+    """Run a child that quarantines 2.2 and kill it just before it replaces the file ending in `suffix`."""
     marker, go = tmp_path / "paused", tmp_path / "go"
     go.touch()
-    child = _child(tmp_path, ["2.2"], "killed", go, env={PAUSE_ENV: str(marker)})
+    child = _child(tmp_path, ["2.2"], "killed", go, env={PAUSE_ENV: str(marker), PAUSE_ON_ENV: suffix}, queue=queue)
     try:
         deadline = time.time() + 120
         while not marker.exists():
             assert child.poll() is None, child.stderr.read()
             assert time.time() < deadline, "the child never reached the write"
             time.sleep(0.05)
-        tmp_file = Path(marker.read_text())
-        assert json.loads(tmp_file.read_text())["entries"][-1]["layer"] == 2  # the new list was fully written...
-        child.send_signal(signal.SIGKILL)  # ...and the process dies before os.replace
+        child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
-    assert list_path.read_text() == before
-    assert store.masks(TINY) == [HeadMask(1, 1)]
+    return Path(marker.read_text())
+
+
+def test_process_killed_before_its_intent_is_in_place_changes_nothing(store, tmp_path):
+    store.add(TINY, ["1.1"], reason="before")
+    list_path = store.path / f"{TINY.fingerprint}.json"
+    before = list_path.read_text()
+    paused = _kill_at(tmp_path, ".intent", queue=False)
+    assert "2.2" in paused.read_text() or '"layer": 2' in paused.read_text()  # the intent was fully written...
+    assert list_path.read_text() == before  # ...and the process died before it took effect
+    assert store.masks(TINY) == [HeadMask(1, 1)] and len(store.audit(TINY)) == 1
     # the kernel released the dead child's lock: the store still works
     store.add(TINY, ["3.3"], reason="after")
     assert store.masks(TINY) == [HeadMask(1, 1), HeadMask(3, 3)]
+
+
+def test_process_killed_between_list_and_outbox_is_completed_on_the_next_call(store, tmp_path):
+    """The probe's lost quarantine: saved in the list but never queued for the server (old code:
+    list and outbox written under separate locks, nothing to finish the second write)."""
+    store.add(TINY, ["1.1"], reason="before")
+    _kill_at(tmp_path, ".outbox.json", queue=True)
+    list_path = store.path / f"{TINY.fingerprint}.json"
+    assert '"layer": 2' in list_path.read_text()  # the list was written before the kill...
+    assert not (store.path / f"{TINY.fingerprint}.outbox.json").exists()  # ...the outbox was not
+    box = Outbox(store)
+    assert [(i.op, i.head) for i in box.pending(TINY)] == [("add", "2.2")]  # completed by the next read
+    assert [(r.action, r.heads, r.by) for r in store.audit(TINY)] == [
+        ("add", ("1.1",), store.audit(TINY)[0].by), ("add", ("2.2",), "killed")]  # its audit record, once
+    store.add(TINY, ["3.3"], reason="after")
+    assert len(store.audit(TINY)) == 3 and store.masks(TINY) == [HeadMask(1, 1), HeadMask(2, 2), HeadMask(3, 3)]
+
+
+def test_process_killed_before_the_list_is_replaced_is_completed_with_its_audit_record(store, tmp_path):
+    store.add(TINY, ["1.1"], reason="before")
+    _kill_at(tmp_path, f"{TINY.fingerprint}.json", queue=True)
+    assert store.masks(TINY) == [HeadMask(1, 1), HeadMask(2, 2)]
+    assert [r.heads for r in store.audit(TINY)] == [("1.1",), ("2.2",)]
+    assert [i.head for i in Outbox(store).pending(TINY)] == ["2.2"]
 
 
 def test_processes_adding_at_once_lose_nothing(store, tmp_path):
