@@ -1,0 +1,205 @@
+"""Attribution graphs on tiny random-init models: the frozen model equals the real one on the prompt,
+completeness holds at every node, values are exact ablation effects in the frozen model, edges are
+direct effects, influence is (I - Â)^-1 - I, pruning keeps what it says, bad input is refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from synapse_core.arch.spec import HeadMask
+from synapse_core.common.errors import BadInput, UnsupportedModel
+from synapse_core.graphs import adjacency as adjacency_module
+from synapse_core.graphs.adjacency import build_adjacency
+from synapse_core.graphs.build import build_graph, graph_target
+from synapse_core.graphs.frozen import GRAPH_FAMILIES, capture_run, frozen_forward, frozen_mlp, output_gradients
+from synapse_core.graphs.graph import circuit_tracer_json, edges_csv, nodes_csv, with_thresholds
+from synapse_core.graphs.prune import find_threshold, graph_scores, influence, keep_nodes, prune
+from synapse_core.graphs.supernodes import group, merge, rename, split
+from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.ops import forward_last
+
+PROMPT = "the cat sat on the mat and the dog"  # 9 tokens, longer than the sliding window
+
+
+@pytest.fixture(params=tuple(GRAPH_FAMILIES))
+def graph_handle(request, tiny):
+    return tiny.make_handle(request.param)
+
+
+def _run(handle, masks=()):
+    target = graph_target(handle, "ran", "sat")
+    ids = handle.tokenizer(PROMPT, return_tensors="pt").input_ids
+    return ids, target, capture_run(handle, ids, target, masks)
+
+
+def test_frozen_model_reproduces_the_real_output_and_capture_changes_nothing(graph_handle):
+    ids, target, run = _run(graph_handle)
+    plain = forward_last(graph_handle, ids, {})[0]
+    assert run.output == pytest.approx(float(plain[target.id] - plain[target.contrast_id]), abs=1e-5)
+    output, xs, _ = frozen_forward(graph_handle, run)
+    assert float(output) == pytest.approx(run.output, abs=1e-4)
+    assert torch.allclose(xs[-1], run.x[-1], atol=1e-4)
+
+
+def test_every_node_is_its_incoming_edges_plus_constant(graph_handle):
+    _, _, run = _run(graph_handle, masks=(HeadMask(0, 1), HeadMask(1, 2, "attention")))
+    adj = build_adjacency(graph_handle, run)
+    errors = adj.completeness_errors()
+    assert float(errors[-1]) < 1e-4  # the output, against the real model's logit difference
+    assert float(errors.max()) < 1e-4
+    assert float(adj.matrix.abs().sum()) > 1.0  # not vacuous: there are edges
+    assert torch.count_nonzero(torch.triu(adj.matrix)) == 0  # every edge points forward
+
+
+def test_a_value_is_the_exact_effect_of_removing_the_node_in_the_frozen_model(graph_handle):
+    _, _, run = _run(graph_handle)
+    adj = build_adjacency(graph_handle, run)
+    layout, n_pos = adj.layout, run.n_pos
+    base, _, _ = frozen_forward(graph_handle, run)
+    cases = {("h", 1): layout.head_start(1) + (n_pos - 1) * layout.n_heads + 2,  # head 1.2 at the last position
+             ("x", 1): layout.mlp_start(0) + n_pos - 1,  # MLP 0 at the last position
+             ("x", 0): n_pos - 2}  # a token
+    for site, i in cases.items():
+        delta = torch.zeros(n_pos, adj.writes.shape[1])
+        delta[int(adj.positions[i])] = -adj.writes[i]
+        out, _, _ = frozen_forward(graph_handle, run, {site: delta})
+        assert float(out - base) == pytest.approx(-float(adj.values[i]), abs=1e-5)
+        assert abs(float(adj.values[i])) > 1e-4  # a node that matters
+
+
+def test_an_edge_into_an_mlp_is_the_direct_effect_of_its_source(graph_handle):
+    _, _, run = _run(graph_handle)
+    adj = build_adjacency(graph_handle, run)
+    g_x, _ = output_gradients(graph_handle, run)
+    layer, p = 1, run.n_pos - 1
+    target = adj.layout.mlp_start(layer) + p
+    source = adj.layout.head_start(0) + p * adj.layout.n_heads + 3
+    h = run.x[layer] + run.attn_out[layer]
+    without = h.clone()
+    without[p] -= adj.writes[source]
+    change = (frozen_mlp(graph_handle, layer, h, run) - frozen_mlp(graph_handle, layer, without, run))[p]
+    assert float(adj.matrix[target, source]) == pytest.approx(float(change @ g_x[layer + 1][p]), abs=1e-5)
+
+
+def test_masked_heads_have_no_value_and_no_edges(llama):
+    _, _, run = _run(llama, masks=(HeadMask(1, 3),))
+    adj = build_adjacency(llama, run)
+    rows = [adj.layout.head_start(1) + q * adj.layout.n_heads + 3 for q in range(run.n_pos)]
+    assert float(adj.values[rows].abs().max()) == 0.0
+    assert float(adj.matrix[rows].abs().max()) == 0.0
+    assert float(adj.matrix[:, rows].abs().max()) == 0.0
+
+
+def _random_dag(n=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen) * (torch.rand(n, n, generator=gen) > 0.4)
+    return torch.tril(a, -1)
+
+
+def test_influence_is_the_inverse_series_by_back_substitution_and_by_neumann():
+    a = _random_dag()
+    n = a.shape[0]
+    norm = a.abs() / a.abs().sum(1, keepdim=True).clamp_min(1e-10)
+    w = torch.zeros(n)
+    w[-1] = 1.0
+    expected = w @ (torch.linalg.inv(torch.eye(n) - norm) - torch.eye(n))
+    assert torch.allclose(influence(a, w, tuple(range(n + 1))), expected, atol=1e-5)
+    assert torch.allclose(influence(a, w), expected, atol=1e-5)
+    assert float(expected.abs().sum()) > 0.1
+
+
+def test_node_pruning_keeps_the_share_it_promises_and_edge_pruning_too():
+    a = _random_dag(30, seed=3)
+    kinds = ("token",) * 3 + ("head",) * 26 + ("logit",)
+    w = torch.zeros(30)
+    w[-1] = 1.0
+    infl = influence(a, w)
+    share = infl / infl.sum()
+    order = torch.argsort(infl, descending=True)
+    cumulative = torch.empty(30)
+    cumulative[order] = torch.cumsum(share[order], 0)
+    mask = keep_nodes(cumulative, share, kinds, 0.8)
+    computed = torch.tensor([k == "head" for k in kinds])
+    kept_share = float(share[mask & computed].sum() + share[~computed].sum())
+    assert kept_share >= 0.8
+    assert not bool(mask.all())  # something was pruned
+    pruned = prune(a, mask, kinds, 0.98)
+    scores = pruned.edge_scores
+    by_score = scores >= find_threshold(scores, 0.98)
+    assert float(scores[by_score].sum()) >= 0.98 * float(scores.sum()) - 1e-6
+    assert int(by_score.sum()) < int((scores > 0).sum())  # some edges fell below the cut
+    assert not bool((pruned.edge_mask & ~by_score).any())  # cleanup only removes edges
+    assert bool(pruned.node_mask[:3].all()) and bool(pruned.node_mask[-1])
+
+
+def test_scores_are_one_without_error_nodes_and_count_error_influence():
+    a = _random_dag(10, seed=5)
+    w = torch.zeros(10)
+    w[-1] = 1.0
+    infl = influence(a, w)
+    assert graph_scores(a, ("token",) * 9 + ("logit",), infl) == (1.0, 1.0)
+    kinds = ("token",) * 4 + ("error",) * 2 + ("feature",) * 3 + ("logit",)
+    replacement, completeness = graph_scores(a, kinds, infl)
+    tokens, errors = float(infl[:4].sum()), float(infl[4:6].sum())
+    assert replacement == pytest.approx(tokens / (tokens + errors))
+    assert 0.0 < completeness < 1.0
+
+
+def test_graph_claims_are_real_ablations_and_pool_pruning_is_exact(llama):
+    g = build_graph(llama, PROMPT, "ran", "sat", claims=5)
+    assert g.completeness_error < 1e-4
+    assert sum(w for _, w in g.logit_inputs) + g.output_constant == pytest.approx(g.output_value, abs=1e-4)
+    claim = g.claims[0]
+    node = g.node(claim.node)
+    assert claim.claimed == pytest.approx(-node.value)
+    from synapse_core.graphs.claims import intervention_of
+
+    real = ablate(llama, PROMPT, "ran", [intervention_of(node)], contrast="sat")
+    assert claim.measured == pytest.approx(real.delta("logit_diff"), abs=1e-4)
+    looser = with_thresholds(g, 0.9, 0.99)
+    assert {n.id for n in g.nodes} <= {n.id for n in looser.nodes}
+    assert len(looser.edges) >= len(g.edges)
+    with pytest.raises(BadInput, match="node threshold"):
+        with_thresholds(g, 0.999, 0.98)
+
+
+def test_exports_are_circuit_tracer_json_and_csv(llama):
+    g = build_graph(llama, PROMPT, "ran", claims=0)
+    doc = json.loads(json.dumps(circuit_tracer_json(g)))
+    assert set(doc) == {"metadata", "qParams", "nodes", "links"}
+    ids = {n["node_id"] for n in doc["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in doc["links"])
+    assert sum(n["feature_type"] == "logit" for n in doc["nodes"]) == 1
+    assert nodes_csv(g).splitlines()[0].startswith("id,kind,layer,head")
+    assert len(edges_csv(g).splitlines()) == len(g.edges) + 1
+    assert g.contrast is None and g.output_label == "logit('ran')"
+
+
+def test_supernodes_merge_split_rename_and_refuse_unknown_names(llama):
+    g = build_graph(llama, PROMPT, "ran", "sat", claims=0)
+    ids = [n.id for n in g.nodes if n.kind in ("head", "mlp")][:4]
+    g = group(g, ids[:2], "a")
+    g = group(g, ids[2:4], "b")
+    merged = merge(g, ["a", "b"], "ab")
+    assert [s.name for s in merged.supernodes if s.name == "ab"] and set(ids) <= set(
+        next(s for s in merged.supernodes if s.name == "ab").members)
+    assert "ab" not in {s.name for s in split(merged, "ab").supernodes}
+    assert "c" in {s.name for s in rename(g, "a", "c").supernodes}
+    with pytest.raises(BadInput, match="'zz' does not exist"):
+        split(g, "zz")
+    with pytest.raises(BadInput, match="already called"):
+        rename(g, "a", "b")
+
+
+def test_bad_input_is_refused_with_the_bad_value_named(llama, monkeypatch, tiny):
+    with pytest.raises(BadInput, match="'ran sat' is 2 tokens"):
+        build_graph(llama, PROMPT, "ran sat")
+    with pytest.raises(BadInput, match="empty"):
+        build_graph(llama, "  ", "ran")
+    with pytest.raises(UnsupportedModel, match="gpt2"):
+        build_graph(tiny.make_handle("gpt2"), PROMPT, "ran")
+    monkeypatch.setattr(adjacency_module, "MAX_ADJACENCY_BYTES", 4 * 80 ** 2)  # 80 nodes: 11 a token, 7 tokens
+    with pytest.raises(BadInput, match="9 tokens; attribution graphs of this model are limited to 7"):
+        build_graph(llama, PROMPT, "ran")
