@@ -1,0 +1,98 @@
+"""Attribution graphs as stored experiments: hashed, kept on disk, listed in History and reopened by
+`?experiment=<hash>`. Supernode names are stored with the graph: saving an edited graph rewrites
+its entry under the same hash."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..arch.spec import HeadMask, normalize_masks
+from ..common.errors import BadInput, StoreError
+from ..graphs.build import build_graph
+from ..graphs.claims import CLAIM_NODES
+from ..graphs.graph import AttributionGraph
+from ..graphs.prune import check_thresholds
+from ..model.loading import ModelHandle
+from .records import Experiment, StoredExperiment, load_experiment
+from .store import ResultStore
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Everything a graph depends on; its content hash is the store key and the experiment id."""
+
+    model: str  # model name
+    fingerprint: str  # weights fingerprint
+    dtype: str
+    prompt: str
+    target: str  # as typed
+    contrast: str | None  # as typed; None: the graph explains logit(target)
+    masks: tuple[HeadMask, ...]  # heads masked in every run
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    claims: int = CLAIM_NODES  # nodes checked by real ablation
+    kind: str = "graph"
+    metric: str = "logit"  # what the History list calls this kind's measure
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return (self.prompt,)
+
+    @property
+    def hash(self) -> str:
+        from .store import content_hash
+
+        return content_hash(self.kind, self)
+
+    @property
+    def title(self) -> str:
+        prompt = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "\u2026"
+        versus = f" vs {self.contrast!r}" if self.contrast else ""
+        return f"graph \u00b7 {prompt!r} \u2192 {self.target!r}{versus}"
+
+
+def graph_config(handle: ModelHandle, prompt: str, target: str, contrast: str | None = None, masks=(),
+                 node_threshold: float = 0.8, edge_threshold: float = 0.98, claims: int = CLAIM_NODES) -> GraphConfig:
+    check_thresholds(node_threshold, edge_threshold)
+    if claims < 0:
+        raise BadInput(f"claims {claims}: the number of nodes checked by ablation must be 0 or more")
+    return GraphConfig(model=handle.name, fingerprint=handle.fingerprint, dtype=str(handle.dtype), prompt=prompt,
+                       target=target, contrast=contrast or None, masks=normalize_masks(masks, handle.arch),
+                       node_threshold=float(node_threshold), edge_threshold=float(edge_threshold), claims=int(claims))
+
+
+def run_graph(handle: ModelHandle, config: GraphConfig, store: ResultStore | None = None) -> Experiment:
+    """Answer from the store when this exact graph was built before, else build and store it."""
+    if config.fingerprint != handle.fingerprint or config.dtype != str(handle.dtype):
+        raise BadInput(f"graph {config.hash} was made with {config.model} (weights {config.fingerprint}, "
+                       f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
+    store = store or ResultStore()
+    entry, from_cache, notes = store.get_or_compute(
+        config.kind, config,
+        lambda: StoredExperiment(config, build_graph(handle, config.prompt, config.target, config.contrast,
+                                                     config.masks, config.node_threshold, config.edge_threshold,
+                                                     config.claims)),
+        summary={"kind": config.kind, "model": config.model, "title": config.title})
+    return _as_graph(Experiment(entry.result.config, entry.result.result, entry.key, entry.created, from_cache,
+                                tuple(notes)) if isinstance(entry.result, StoredExperiment) else entry)
+
+
+def save_graph(store: ResultStore, exp: Experiment, graph: AttributionGraph) -> Experiment:
+    """Store an edited graph (supernodes, thresholds) under its experiment's hash; the config is unchanged."""
+    _as_graph(exp)
+    entry = store.put(exp.hash, exp.config.kind, StoredExperiment(exp.config, graph),
+                      {"kind": exp.config.kind, "model": exp.config.model, "title": exp.config.title})
+    return dataclasses.replace(exp, result=graph, created=entry.created, from_cache=False)
+
+
+def load_graph(store: ResultStore, key: str) -> Experiment | None:
+    """The stored graph of a `?experiment=` id; None when absent, StoreError when it is another kind."""
+    exp = load_experiment(store, key)
+    return None if exp is None else _as_graph(exp)
+
+
+def _as_graph(exp) -> Experiment:
+    if not isinstance(exp, Experiment) or not isinstance(exp.result, AttributionGraph):
+        key = getattr(exp, "hash", None) or getattr(exp, "key", "?")
+        raise StoreError(f"result {key} is not an attribution graph")
+    return exp
