@@ -16,14 +16,15 @@ except SynapseError as exc:  # e.g. an [openmetadata] host that is not a URL
     st.stop()
 
 
-def act(change, *reset):
-    """Button callback: run one change before the rerun (so the sidebar shows its result) and keep its message."""
+def act(where, change, *reset):
+    """Button callback: run one change before the rerun (so the sidebar shows its result) and keep its
+    message, to be shown by the control that made it (`where`)."""
     try:
         report = change(core.governance(handle))
     except SynapseError as exc:
-        st.session_state[core.GOV_REPORT] = ("error", str(exc))
+        st.session_state[core.GOV_REPORT] = ("error", str(exc), where)
     else:
-        st.session_state[core.GOV_REPORT] = core.report_message(report)
+        st.session_state[core.GOV_REPORT] = (*core.report_message(report), where)
         for key in reset:
             st.session_state[key] = False
     core.refresh_status()
@@ -55,15 +56,23 @@ if gov.config and pending:
                "on the next sync." + (f" Last attempt: {last}." if last else ""))
 elif not gov.config:
     st.caption(status.message)
-if core.GOV_REPORT in st.session_state:
-    kind, message = st.session_state.pop(core.GOV_REPORT)
-    getattr(st, kind)(message)
+last_report = st.session_state.pop(core.GOV_REPORT, None)
+
+
+def show_report(where: str) -> None:
+    """The last change's message, under the button that made it (once)."""
+    if last_report and last_report[2] == where:
+        getattr(st, last_report[0])(last_report[1])
+
 
 boot_col, sync_col = st.columns(2)
 boot_col.button("Bootstrap the catalog", key="gov_bootstrap", disabled=not gov.config, on_click=act,
-                args=(lambda g: g.bootstrap(),), help="Create or update the model's tables, lineage and tag in OpenMetadata")
-sync_col.button("Sync defects", key="gov_sync", disabled=not gov.config, on_click=act, args=(lambda g: g.sync(),),
+                args=("server", lambda g: g.bootstrap()),
+                help="Create or update the model's tables, lineage and tag in OpenMetadata")
+sync_col.button("Sync defects", key="gov_sync", disabled=not gov.config, on_click=act,
+                args=("server", lambda g: g.sync()),
                 help="Send the outbox, then make the local quarantine equal to the heads tagged DEFECTIVE")
+show_report("server")
 
 st.subheader("Quarantined heads")
 table, audit = core.mask_table(masks), gov.audit()
@@ -85,7 +94,7 @@ st.subheader("Change the quarantine")
 named = core.user_name() is not None
 if not named:
     st.info("Type your name under **Governance** in the sidebar: every change records who made it.")
-with st.container(border=True):
+with st.container(border=True, key="gov_top_box"):
     st.markdown("**Top head from the last discovery**")
     top = core.top_discovered(st.session_state.get(core.LAST_DISCOVERY))
     if top is None:
@@ -94,9 +103,10 @@ with st.container(border=True):
         st.markdown(f"`{top.head}` · {top.effect}" + (f" · {top.prompt!r} → {top.target!r}" if top.prompt else ""))
         st.text_input("Reason", value=f"top head of a discovery: {top.effect}", key="gov_top_reason")
         st.button(f"Quarantine {top.head}", key="gov_top_button", disabled=not named, on_click=act, args=(
-            lambda g: g.quarantine([top.head], reason=text("gov_top_reason"), experiment=top.experiment,
-                                   effect=top.effect, prompt=top.prompt, target=top.target),))
-with st.container(border=True):
+            "top", lambda g: g.quarantine([top.head], reason=text("gov_top_reason"), experiment=top.experiment,
+                                          effect=top.effect, prompt=top.prompt, target=top.target),))
+        show_report("top")
+with st.container(border=True, key="gov_chosen_box"):
     st.markdown("**Chosen heads**")
     heads_col, level_col = st.columns([3, 1])
     heads_col.text_input("Heads", key="gov_heads", placeholder="e.g. 3.1, 5.2", help="LAYER.HEAD, comma-separated")
@@ -107,18 +117,20 @@ with st.container(border=True):
         st.text_input("Prompt", key="gov_prompt")
         st.text_input("Target token", key="gov_target", placeholder="e.g. ' Paris'")
     st.button("Quarantine", key="gov_quarantine", type="primary", disabled=not named, on_click=act, args=(
-        lambda g: g.quarantine(parse_heads(text("gov_heads") or ""), reason=text("gov_reason") or "",
-                               level=st.session_state["gov_level"], experiment=text("gov_experiment"),
-                               prompt=text("gov_prompt"), target=st.session_state.get("gov_target") or None),))
-with st.container(border=True):
+        "chosen", lambda g: g.quarantine(parse_heads(text("gov_heads") or ""), reason=text("gov_reason") or "",
+                                         level=st.session_state["gov_level"], experiment=text("gov_experiment"),
+                                         prompt=text("gov_prompt"), target=st.session_state.get("gov_target") or None),))
+    show_report("chosen")
+with st.container(border=True, key="gov_release_box"):
     st.markdown("**Un-quarantine**")
     release = st.multiselect("Quarantined heads", [e.short for e in masks], key="gov_release_heads")
     st.button("Un-quarantine", key="gov_release", disabled=not (named and release), on_click=act,
-              args=(lambda g: g.release(st.session_state["gov_release_heads"]),))
+              args=("release", lambda g: g.release(st.session_state["gov_release_heads"])))
     st.checkbox(f"Yes, release all {len(masks)} quarantined heads of {handle.name}", key="gov_clear_confirm")
     confirmed = bool(st.session_state.get("gov_clear_confirm"))
     st.button("Clear local masks", key="gov_clear", disabled=not (named and confirmed and masks), on_click=act,
-              args=(clear, "gov_clear_confirm"))
+              args=("release", clear, "gov_clear_confirm"))
+    show_report("release")
 
 st.subheader("Verify")
 evidenced = [e for e in masks if e.prompt and e.target]

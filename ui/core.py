@@ -184,7 +184,7 @@ def show_error(exc: SynapseError) -> None:
 USER_NAME = "governance_user_name"  # sidebar text input: who makes quarantine changes (recorded as `by`)
 RAW_MODEL = "use_raw_model"  # sidebar toggle: ignore the stored quarantine (session masks still apply)
 LAST_DISCOVERY = "last_discovery"  # the Discover page's last result; .heads ordered by verified effect
-GOV_REPORT = "governance_report"  # (st function name, message) of the Governance page's last action
+GOV_REPORT = "governance_report"  # (st function name, message, where) of the Governance page's last action
 GOV_VERIFY = "governance_verify"  # the Verification the Governance page shows
 STATUS_TTL_S = 30  # a server's "are you there?" answer is reused this long across reruns
 

@@ -118,9 +118,12 @@ def test_changes_need_a_name_and_clearing_needs_confirmation():
 
 def test_bad_heads_and_a_missing_reason_are_errors_that_change_nothing():
     at = quarantine(governance_page(), "3.9")
-    assert at.error[0].value == "head 9 does not exist: layer 3 has heads 0-8"
+    (error,) = at.error
+    assert error.value == "head 9 does not exist: layer 3 has heads 0-8"
+    # shown in the box of the button that caused it, under the button, not at the top of the page
+    assert [e.value for e in at.get_by_key("gov_chosen_box").error] == [error.value]
     at = quarantine(at, "3.1", reason="")
-    assert "a quarantine needs a reason" in at.error[0].value
+    assert "a quarantine needs a reason" in at.get_by_key("gov_chosen_box").error[0].value
     assert not at.exception and table_heads(at) == []
 
 
