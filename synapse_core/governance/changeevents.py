@@ -9,6 +9,10 @@ Head column is a field named `columns.Head_N.tags`, split with the SDK's FQN gra
 `python -m synapse_core webhook --port P` serves POSTs from an event subscription on loopback,
 checks `X-OM-Signature: sha256=<hex HMAC-SHA256 of the body>` with SYNAPSE_OM_WEBHOOK_SECRET
 (answering 401 and touching nothing when it does not match), and applies the tag changes.
+The signature covers only the body, so a captured request stays valid: events older than a
+window (5 minutes) or already applied (by event id and timestamp) are refused, and an event older
+than one already applied for the same head changes nothing. A bad Content-Length is answered 400
+before anything is read; connections time out; at most MAX_THREADS are served at once.
 """
 from __future__ import annotations
 
@@ -16,17 +20,23 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..common.errors import BadInput
+from ..common.errors import BadInput, SynapseError
+from ..common.files import atomic_write_json, read_json
 from .catalog import TAG_FQN, build_catalog, layer_table, parse_head_column
 from .maskstore import MaskStore, ModelIdentity, StoreChange, identity_of
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-OM-Signature"
 MAX_BODY = 4 << 20  # bytes; an event batch is far smaller
+REPLAY_WINDOW_S = 300  # an event older than this (by its own timestamp) is refused
+MAX_THREADS = 32  # connections served at once; more are closed at once
+SOCKET_TIMEOUT_S = 10  # a connection that sends nothing for this long is closed
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,9 @@ def _has_tag(value) -> bool:
         value = [value]
     if isinstance(value, str):
         return value == TAG_FQN
-    return any(isinstance(t, dict) and t.get("tagFQN") == TAG_FQN for t in value or [])
+    if not isinstance(value, list):
+        return False
+    return any(isinstance(t, dict) and t.get("tagFQN") == TAG_FQN for t in value)
 
 
 def _column_of(field_name: str) -> int | None:
@@ -95,21 +107,37 @@ def events_in(payload) -> list[dict]:
     return [e for e in payload or [] if isinstance(e, dict)] if isinstance(payload, list) else []
 
 
+def event_time(event: Mapping) -> int:
+    """The event's timestamp (epoch ms; 0 when absent); BadInput when it is not a number."""
+    stamp = event.get("timestamp")
+    if stamp in (None, ""):
+        return 0
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float, str)):
+        raise BadInput(f"event timestamp {json.dumps(stamp)[:40]} is not a number")
+    try:
+        return int(stamp)
+    except ValueError:
+        raise BadInput(f"event timestamp {stamp[:40]!r} is not a number") from None
+
+
 def tag_changes(event: Mapping, layers: Mapping[str, int], n_heads: int) -> list[TagChange]:
     """The DEFECTIVE tag changes an event carries for this model's Head columns (others: [])."""
     if str(event.get("entityType", "table")).lower() != "table":
         return []
-    layer = layers.get(event.get("entityFullyQualifiedName") or "")
+    name = event.get("entityFullyQualifiedName")
+    layer = layers.get(name) if isinstance(name, str) else None
     if layer is None:
         return []
     change = event.get("incrementalChangeDescription") or event.get("changeDescription") or {}
     if not isinstance(change, dict):
         return []
-    user, stamp = event.get("userName"), int(event.get("timestamp") or 0)
+    user, stamp = event.get("userName"), event_time(event)
+    user = user if isinstance(user, str) else None
     out = []
     for kind in ("fieldsAdded", "fieldsUpdated", "fieldsDeleted"):
-        for field in change.get(kind) or []:
-            if not isinstance(field, dict):
+        fields_ = change.get(kind)
+        for field in fields_ if isinstance(fields_, list) else []:
+            if not isinstance(field, dict) or not isinstance(field.get("name", ""), str):
                 continue
             head = _column_of(field.get("name", ""))
             if head is None or head >= n_heads:
@@ -122,14 +150,21 @@ def tag_changes(event: Mapping, layers: Mapping[str, int], n_heads: int) -> list
     return out
 
 
-def apply_changes(store: MaskStore, model, changes: Iterable[TagChange], skip_heads=frozenset()) -> StoreChange:
+def apply_changes(store: MaskStore, model, changes: Iterable[TagChange], skip_heads=frozenset(),
+                  applied: dict | None = None) -> StoreChange:
     """Apply tag changes to the mask store in time order; heads in `skip_heads` (a local change
-    still waiting in the outbox) are left alone, since local intent wins until it is delivered."""
+    still waiting in the outbox) are left alone, since local intent wins until it is delivered.
+    applied: {"L.H": timestamp of the last change applied to it}, updated; an older change is stale."""
     ident = identity_of(model)
     added, removed = [], []
     for change in sorted(changes, key=lambda c: c.timestamp):
         if (change.layer, change.head) in skip_heads:
             continue
+        key = f"{change.layer}.{change.head}"
+        if applied is not None:
+            if change.timestamp < applied.get(key, 0):
+                continue  # a newer change of this head was applied already
+            applied[key] = change.timestamp
         by = change.user or "openmetadata"
         if change.added:
             result = store.add(ident, [(change.layer, change.head)], reason=f"tagged {TAG_FQN} in OpenMetadata",
@@ -151,15 +186,85 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
-    if not header:
+    if not header or not header.isascii():  # compare_digest refuses non-ASCII text: a 401, not a 500
         return False
     given = header.strip()
     given = given[len("sha256="):] if given.lower().startswith("sha256=") else given
     return hmac.compare_digest(sign(secret, body)[len("sha256="):], given.lower())
 
 
+def _event_key(event: Mapping, stamp: int) -> str:
+    ident = event.get("id")
+    if not isinstance(ident, str) or not ident:
+        ident = hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{ident}@{stamp}"
+
+
+def apply_webhook_events(store: MaskStore, model, events: list[dict], layers: Mapping[str, int], skip_heads=(),
+                         window_s: float = REPLAY_WINDOW_S, now_ms: int | None = None):
+    """Apply pushed events once each, newest intent last: (StoreChange, tag changes applied, refusals).
+
+    Refused: an event without a timestamp, older than `window_s` (or as far in the future), or
+    already applied (same id and timestamp). BadInput when an event is malformed (nothing applied)."""
+    ident = identity_of(model)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    window_ms = int(window_s * 1000)
+    stamped = [(event_time(e), e) for e in events]
+    changes_of = [(stamp, e, tag_changes(e, layers, ident.n_heads)) for stamp, e in stamped]  # malformed: raises
+    path = store.file(ident, ".webhook.json")
+    with store.locked(ident):
+        state = read_json(path, {})
+        seen = state.get("seen") if isinstance(state.get("seen"), dict) else {}
+        heads = state.get("heads") if isinstance(state.get("heads"), dict) else {}
+        refused, changes = [], []
+        for stamp, event, found in changes_of:
+            key = _event_key(event, stamp)
+            if not stamp:
+                refused.append("an event without a timestamp")
+            elif abs(now_ms - stamp) > window_ms:
+                refused.append(f"event {key} is {abs(now_ms - stamp) / 1000:.0f} s from now, outside the "
+                               f"{window_s:g} s window")
+            elif key in seen:
+                refused.append(f"event {key} was already applied")
+            else:
+                seen[key] = stamp
+                changes.extend(found)
+        result = apply_changes(store, ident, changes, skip_heads, heads)
+        seen = {k: v for k, v in seen.items() if isinstance(v, int) and now_ms - v <= window_ms}
+        atomic_write_json(path, {"seen": seen, "heads": heads})
+    return result, len(changes), refused
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most `max_threads` connections at once."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address, handler, max_threads: int):
+        self._slots = threading.BoundedSemaphore(max_threads)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: no thread for an idle or hostile connection
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def make_webhook_server(model, secret: str, store: MaskStore | None = None, host: str = "127.0.0.1",
-                        port: int = 0, skip_heads=None) -> ThreadingHTTPServer:
+                        port: int = 0, skip_heads=None, window_s: float = REPLAY_WINDOW_S,
+                        max_threads: int = MAX_THREADS, timeout_s: float = SOCKET_TIMEOUT_S) -> ThreadingHTTPServer:
     """An HTTP server (not yet serving) that applies signed change events to the model's masks.
 
     skip_heads: a callable giving the heads with a pending outbox item (left alone).
@@ -174,6 +279,7 @@ def make_webhook_server(model, secret: str, store: MaskStore | None = None, host
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "SynapseWebhook/1"
+        timeout = timeout_s  # socket timeout: a silent client cannot hold a thread
 
         def log_message(self, fmt, *args):  # the request line only: never headers or bodies
             log.info("webhook %s %s", self.address_string(), fmt % args)
@@ -190,10 +296,19 @@ def make_webhook_server(model, secret: str, store: MaskStore | None = None, host
             self._answer(200, {"service": "synapse webhook", "model": ident.name})
 
         def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                return self._answer(413, {"error": f"body of {length} bytes is over {MAX_BODY}"})
-            body = self.rfile.read(length)
+            raw = (self.headers.get("Content-Length") or "0").strip()
+            if not raw.isdigit() or int(raw) > MAX_BODY:
+                self.close_connection = True
+                return self._answer(400, {"error": f"Content-Length {raw[:20]!r} is not a byte count from 0 to "
+                                                   f"{MAX_BODY}"})
+            try:
+                body = self.rfile.read(int(raw))
+            except OSError:  # the client went silent (socket timeout) or away
+                self.close_connection = True
+                return None
+            if len(body) < int(raw):
+                self.close_connection = True
+                return self._answer(400, {"error": f"the body ended after {len(body)} of {raw} bytes"})
             if not signature_ok(secret, body, self.headers.get(SIGNATURE_HEADER)):
                 log.warning("webhook: rejected a post with a missing or wrong %s", SIGNATURE_HEADER)
                 return self._answer(401, {"error": f"missing or wrong {SIGNATURE_HEADER}"})
@@ -201,11 +316,19 @@ def make_webhook_server(model, secret: str, store: MaskStore | None = None, host
                 payload = json.loads(body or b"null")
             except ValueError:
                 return self._answer(400, {"error": "the body is not JSON"})
-            changes = [c for e in events_in(payload) for c in tag_changes(e, layers, ident.n_heads)]
-            result = apply_changes(store, ident, changes, skip_heads() if skip_heads else frozenset())
-            self._answer(200, {"changes": len(changes), "added": [e.short for e in result.added],
-                               "removed": [e.short for e in result.removed]})
+            try:
+                result, changes, refused = apply_webhook_events(
+                    store, ident, events_in(payload), layers, skip_heads() if skip_heads else frozenset(), window_s)
+            except BadInput as exc:
+                return self._answer(400, {"error": f"malformed event: {exc}"})
+            except SynapseError as exc:  # the mask store cannot be read or written: say so, change nothing
+                return self._answer(500, {"error": str(exc)})
+            if refused and not changes and not (result.added or result.removed):
+                log.warning("webhook: refused %d event(s): %s", len(refused), "; ".join(refused[:3]))
+                return self._answer(409, {"error": "nothing applied", "refused": refused})
+            self._answer(200, {"changes": changes, "added": [e.short for e in result.added],
+                               "removed": [e.short for e in result.removed], "refused": refused})
 
         do_PUT = do_POST  # a subscription may be configured to PUT
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return _BoundedServer((host, port), Handler, max_threads)
