@@ -54,9 +54,9 @@ def main() -> None:
 
     methods = {"one_by_one": lambda: (one_by_one_scores(handle, ids, prepared, target, clean), len(ivs))}
     for rows in rows_options:
-        methods[f"batched_{rows}"] = lambda rows=rows: batched_scores(handle, ids, prepared, target, clean, batch_rows=rows)
+        methods[f"batched_{rows}"] = lambda rows=rows: batched_scores(handle, ids, prepared, target, batch_rows=rows)
     methods[f"plain_batched_{rows_options[0]}"] = lambda: batched_scores(
-        handle, ids, prepared, target, clean, batch_rows=rows_options[0], reuse_prefix=False)
+        handle, ids, prepared, target, batch_rows=rows_options[0], reuse_prefix=False)
 
     forward_last(handle, ids.expand(rows_options[0], -1), {})  # warm-up
     best = {name: float("inf") for name in methods}

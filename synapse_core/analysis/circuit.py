@@ -5,6 +5,7 @@ edges of the circuit graph from composition scores.
 the row's set zero-ablated (its attn.z slice multiplied by 0 at every position). Rows are ordered
 by the lowest layer they touch and a chunk of rows runs the layers below its lowest one once at
 batch 1, widening to one row per set at the residual stream just before it, as sweep.py does.
+Row 0 of every pass is the clean run, the baseline of that pass's rows (see sweep.py).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from ..arch.adapters import Architecture
 from ..arch.spec import HeadRef
 from ..hooks.dispatch import SiteFn
 from ..hooks.masking import mask_fns, merge_fns
-from ..interventions.metrics import Target, batch_scores
 from ..interventions.ops import forward_last
-from ..interventions.sweep import BATCH_ROWS, TOKEN_BUDGET
+from ..interventions.sweep import BATCH_ROWS, TOKEN_BUDGET, with_clean
+from ..interventions.metrics import Target
 from ..model.loading import ModelHandle
 from .composition import composition_scores
 
@@ -39,8 +40,9 @@ def _widen(n: int) -> SiteFn:
 
 
 def _chunk_table(handle: ModelHandle, sets: list[HeadSet]) -> tuple[int, dict]:
-    """(first layer touched, site functions) for one pass whose batch row r ablates sets[r]."""
-    n, arch = len(sets), handle.arch
+    """(first layer touched, site functions) for one pass whose batch row 0 is clean and row r + 1
+    ablates sets[r]."""
+    n, arch = len(sets) + 1, handle.arch
     start = min(ref.layer for s in sets for ref in s)
     table: dict = defaultdict(list)
     if start > 0:
@@ -50,18 +52,20 @@ def _chunk_table(handle: ModelHandle, sets: list[HeadSet]) -> tuple[int, dict]:
         for ref in heads:
             if ref.layer not in keep:
                 keep[ref.layer] = torch.ones(n, 1, arch.n_heads, 1, dtype=handle.dtype, device=handle.device)
-            keep[ref.layer][r, 0, ref.head] = 0
+            keep[ref.layer][r + 1, 0, ref.head] = 0
     for layer, m in keep.items():
         table[(layer, "attn.z")].append(lambda z, m=m: z * m)  # z (batch, pos, head, d_head), m (batch, 1, head, 1)
     return start, dict(table)
 
 
-def head_set_scores(handle: ModelHandle, ids: torch.Tensor, sets, target: Target, clean_logits: torch.Tensor,
-                    masks=(), batch_rows: int = BATCH_ROWS, progress=None) -> tuple[dict[str, torch.Tensor], int]:
+def head_set_scores(handle: ModelHandle, ids: torch.Tensor, sets, target: Target, masks=(),
+                    batch_rows: int = BATCH_ROWS, progress=None) -> tuple[dict[str, torch.Tensor], int]:
     """Scores of the prompt ids (1, pos) with each set of heads zero-ablated together, one batch row a set.
 
-    clean_logits (d_vocab,). Returns (metric name -> (n_sets,) in the order of `sets`, forward passes);
-    the metrics are metrics.batch_scores'. progress(done, total) after each pass.
+    Returns (name -> (n_sets,) in the order of `sets`, forward passes) as sweep.batched_scores does:
+    the metrics of metrics.batch_scores against row 0 of the same pass (the clean run), that row's
+    values as "clean_<metric>", and "clean_logits" (d_vocab,) from the first pass.
+    progress(done, total) after each pass.
     """
     sets = [tuple(s) for s in sets]
     if not sets or any(not s for s in sets):
@@ -69,22 +73,24 @@ def head_set_scores(handle: ModelHandle, ids: torch.Tensor, sets, target: Target
     for s in sets:
         for ref in s:
             ref.check(handle.arch)
-    rows_per_pass = max(1, min(batch_rows, TOKEN_BUDGET // ids.shape[1]))
+    rows_per_pass = max(1, min(batch_rows, TOKEN_BUDGET // ids.shape[1]) - 1)  # and the clean row
     order = sorted(range(len(sets)), key=lambda i: min(ref.layer for ref in sets[i]))
     chunks = [order[k:k + rows_per_pass] for k in range(0, len(order), rows_per_pass)]
     base = mask_fns(tuple(masks))
-    parts = []
+    parts, clean_logits = [], None
     for done, rows in enumerate(chunks):
         start, table = _chunk_table(handle, [sets[i] for i in rows])
-        batch_ids = ids if start > 0 else ids.expand(len(rows), -1)
+        batch_ids = ids if start > 0 else ids.expand(len(rows) + 1, -1)
         logits = forward_last(handle, batch_ids, merge_fns(base, table))
-        assert logits.shape[0] == len(rows), f"batch widened to {logits.shape[0]} rows, expected {len(rows)}"
-        parts.append(batch_scores(logits, target, clean_logits))
+        assert logits.shape[0] == len(rows) + 1, f"batch widened to {logits.shape[0]} rows, expected {len(rows) + 1}"
+        parts.append(with_clean(logits, 1, target))
+        clean_logits = logits[0] if clean_logits is None else clean_logits
         if progress:
             progress(done + 1, len(chunks))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     merged = {k: torch.cat([p[k] for p in parts])[inverse.to(parts[0][k].device)] for k in parts[0]}
+    merged["clean_logits"] = clean_logits
     return merged, len(chunks)
 
 

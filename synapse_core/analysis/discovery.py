@@ -274,6 +274,11 @@ def _verdict(effect: float, mean: float, std: float, size: int, draws: int, metr
                    f"{size}-head sets change it by {mean:+.3g} \u00b1 {std:.3g}")
 
 
+def _effects(scores: dict, metric: str) -> np.ndarray:
+    """Each row's metric minus the clean row of its own pass: (n,) float64."""
+    return (scores[metric].double() - scores["clean_" + metric].double()).cpu().numpy()
+
+
 def discover(handle: ModelHandle, config: DiscoveryConfig,
              progress: DiscoveryProgress | None = None) -> DiscoveryResult:
     """Run a discovery (see the module docstring). progress(stage, done, total) for each stage in STAGES."""
@@ -295,7 +300,6 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     rank_seconds = time.perf_counter() - t0
     per_prompt = np.stack([a.estimates.numpy() for a in atts])  # (prompt, layer, head)
     estimates, estimate_std = per_prompt.mean(0), per_prompt.std(0)
-    clean = np.array([a.clean for a in atts])  # (prompt,)
 
     masked = {m.ref for m in masks}
     pool = [HeadRef(layer, head) for layer in range(arch.n_layers) for head in range(arch.n_heads)
@@ -304,13 +308,17 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     rank_of = {r: i + 1 for i, r in enumerate(by_estimate)}
     chosen = by_estimate[:min(config.verify_heads, len(pool))]
 
+    # every effect is taken against the clean row of its own batched pass (sweep.py), and the clean
+    # metric is the first verification pass's clean row
     ivs = [Intervention(r.layer, "attn.head", config.op, r.head) for r in chosen]
     verified = np.zeros((n, len(chosen)))
+    clean, clean_top = np.zeros(n), np.zeros(n, dtype=np.int64)  # (prompt,)
     report("verification", 0, n)
     for i in range(n):
         prepared = prepare(handle, ids[i], ivs, OpSettings(), masks)
-        scores, _ = batched_scores(handle, ids[i], prepared, targets[i], atts[i].clean_logits, masks)
-        verified[i] = scores[metric].cpu().numpy() - clean[i]
+        scores, _ = batched_scores(handle, ids[i], prepared, targets[i], masks)
+        verified[i] = _effects(scores, metric)
+        clean[i], clean_top[i] = float(scores["clean_" + metric][0]), int(scores["clean_logits"].argmax())
         report("verification", i + 1, n)
     ver_mean, ver_std = verified.mean(0), verified.std(0)
     candidates = sorted(
@@ -328,8 +336,8 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     report("pairs", 0, n if pair_list else 0)
     if pair_list:
         for i in range(n):
-            scores, _ = head_set_scores(handle, ids[i], pair_list, targets[i], atts[i].clean_logits, masks)
-            joint[i] = scores[metric].cpu().numpy() - clean[i]
+            scores, _ = head_set_scores(handle, ids[i], pair_list, targets[i], masks)
+            joint[i] = _effects(scores, metric)
             report("pairs", i + 1, n)
     pairs = tuple(pair_effect(a, b, joint[:, j], single[a], single[b]) for j, (a, b) in enumerate(pair_list))
 
@@ -339,11 +347,11 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     on_target = np.zeros((n, len(sets)))
     report("baseline", 0, n)
     for i in range(n):
-        scores, _ = head_set_scores(handle, ids[i], sets, targets[i], atts[i].clean_logits, masks)
-        effect[i] = scores[metric].cpu().numpy() - clean[i]
+        scores, _ = head_set_scores(handle, ids[i], sets, targets[i], masks)
+        effect[i] = _effects(scores, metric)
         on_target[i] = (scores["top_id"] == targets[i].id).cpu().numpy()
         report("baseline", i + 1, n)
-    rate_before = float(np.mean([int(a.clean_logits.argmax()) == t.id for a, t in zip(atts, targets)]))
+    rate_before = float(np.mean([int(top) == t.id for top, t in zip(clean_top, targets)]))
     draws = effect[:, 1:].mean(0)  # (draw,)
     beats, verdict = _verdict(float(effect[:, 0].mean()), float(draws.mean()), float(draws.std()), len(circuit),
                               len(draws), metric)

@@ -11,6 +11,10 @@ everything the layers take besides the stream has batch 1 and broadcasts). Each 
 once per intervention above it and once for the clean row, never for rows it cannot change: about
 half the layer work of one forward pass per head, in a few large batches. It is exact: each row
 sees what its own forward pass would, up to float rounding of the batched matmuls.
+
+The clean value is row 0 of the same pass, not a separate forward pass: every effect is a row minus
+the clean row computed beside it by the same kernels, so an intervention that changes nothing reads
+exactly 0, in bfloat16 on a GPU too (a separate batch-1 pass rounds differently).
 """
 from __future__ import annotations
 
@@ -58,10 +62,10 @@ class SweepResult:
     op: str  # zero | mean | patch | steer
     positions: str | tuple[int, ...]
     metric: str  # log_prob | target_prob | logit_diff | kl
-    clean: float  # the clean run's value of the metric (0 for kl)
-    clean_metrics: Metrics
+    clean: float  # the clean run's value of the metric (0 for kl): row 0 of the first batched pass
+    clean_metrics: Metrics  # the clean run (row 0 of the first batched pass)
     values: np.ndarray  # the metric with each intervention, float32
-    effects: np.ndarray  # values - clean
+    effects: np.ndarray  # values - the clean row of the same batched pass (equal to values - clean up to rounding)
     kl: np.ndarray  # KL(clean || intervened), nats
     top1_changed: np.ndarray  # bool: the most likely next token changed
     masks: tuple[HeadMask, ...]  # masked in every run, the clean one included
@@ -120,22 +124,23 @@ def _per_row(items: list[tuple[int, SiteFn]]) -> SiteFn:
 def _chunk_table(handle: ModelHandle, prepared: Prepared, rows: list[int], n_pos: int, reuse_prefix: bool):
     """Site functions for one forward pass over the interventions `rows` (sorted by layer).
 
-    With reuse_prefix, batch row 0 carries the clean run and the rows of each layer join as copies of
-    it at the residual stream just below that layer; without, every row runs from the input.
+    Batch row 0 carries the clean run. With reuse_prefix the rows of each layer join as copies of it
+    at the residual stream just below that layer; without, every row runs from the input.
     Returns (rows at the input, row of the first intervention, site functions).
     """
     arch = handle.arch
     layers = [prepared.interventions[i].layer for i in rows]
     table: dict = defaultdict(list)
+    offset = 1
     if reuse_prefix:
-        offset, n_input = 1, 1 + layers.count(0)
+        n_input = 1 + layers.count(0)
         for layer in sorted(set(layers) - {0}):
             table[(layer - 1, "resid.post")].append(_grow(layers.count(layer)))
     else:
-        offset, n_input = 0, len(rows)
+        n_input = 1 + len(rows)
 
     def batch_at(layer: int) -> int:  # rows in the batch from this layer on
-        return offset + sum(1 for l in layers if l <= layer) if reuse_prefix else len(rows)
+        return offset + sum(1 for l in layers if l <= layer) if reuse_prefix else n_input
 
     head_masks: dict[int, torch.Tensor] = {}
     generic: dict = defaultdict(list)
@@ -155,31 +160,47 @@ def _chunk_table(handle: ModelHandle, prepared: Prepared, rows: list[int], n_pos
     return n_input, offset, dict(table)
 
 
-def batched_scores(handle: ModelHandle, ids: torch.Tensor, prepared: Prepared, target: Target,
-                   clean_logits: torch.Tensor, masks=(), batch_rows: int = BATCH_ROWS,
-                   progress: Progress | None = None, reuse_prefix: bool = True) -> tuple[dict[str, torch.Tensor], int]:
+def with_clean(logits: torch.Tensor, offset: int, target: Target) -> dict[str, torch.Tensor]:
+    """batch_scores of rows offset.. of one pass against its row 0 (the clean run), and that row's own
+    values beside each row as "clean_<metric>". logits (batch, d_vocab)."""
+    clean = logits[0]
+    out = batch_scores(logits[offset:], target, clean)
+    n = logits.shape[0] - offset
+    for name, value in batch_scores(logits[:1], target, clean).items():
+        if name not in ("kl", "top1_changed"):
+            out["clean_" + name] = value.expand(n)
+    return out
+
+
+def batched_scores(handle: ModelHandle, ids: torch.Tensor, prepared: Prepared, target: Target, masks=(),
+                   batch_rows: int = BATCH_ROWS, progress: Progress | None = None,
+                   reuse_prefix: bool = True) -> tuple[dict[str, torch.Tensor], int]:
     """Scores of every prepared intervention, one batch row each (see the module docstring).
 
-    ids (1, pos); clean_logits (d_vocab,). reuse_prefix=False runs every row from the input
-    (plain batching, for comparison). Returns (metric name -> (n,) in the order of
-    prepared.interventions, number of forward passes).
+    ids (1, pos). Each pass carries the clean run in its row 0; kl and top1_changed compare each
+    row with that row, and "clean_<metric>" (n,) holds its value beside each row, so an effect is
+    scores[m] - scores["clean_" + m]. "clean_logits" (d_vocab,) is row 0 of the first pass.
+    reuse_prefix=False runs every row from the input (plain batching, for comparison).
+    Returns (name -> (n,) in the order of prepared.interventions, number of forward passes).
     """
     n_pos = ids.shape[1]
     rows_per_pass = max(1, min(batch_rows, TOKEN_BUDGET // n_pos))
     order = sorted(range(len(prepared.interventions)), key=lambda i: prepared.interventions[i].layer)
     chunks = [order[k:k + rows_per_pass] for k in range(0, len(order), rows_per_pass)]
     base = mask_fns(tuple(masks))
-    parts = []
+    parts, clean_logits = [], None
     for done, rows in enumerate(chunks):
         n_input, offset, table = _chunk_table(handle, prepared, rows, n_pos, reuse_prefix)
         logits = forward_last(handle, ids.expand(n_input, -1), merge_fns(base, table))
         assert logits.shape[0] == offset + len(rows), f"batch grew to {logits.shape[0]}, expected {offset + len(rows)}"
-        parts.append(batch_scores(logits[offset:], target, clean_logits))
+        parts.append(with_clean(logits, offset, target))
+        clean_logits = logits[0] if clean_logits is None else clean_logits
         if progress:
             progress(done + 1, len(chunks), f"forward pass {done + 1}/{len(chunks)} ({len(rows)} interventions)")
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     merged = {k: torch.cat([p[k] for p in parts])[inverse.to(parts[0][k].device)] for k in parts[0]}
+    merged["clean_logits"] = clean_logits
     return merged, len(chunks)
 
 
@@ -205,11 +226,12 @@ def _sweep(handle, prompt, target, contrast, ivs, kind, sites, shape, op, positi
         target = resolve_target(handle, target, contrast)
     metric = check_metric(metric or default_metric(target), target)
     prepared = prepare(handle, ids, ivs, settings, masks)
-    clean_logits = forward_last(handle, ids, mask_fns(masks))[0]
-    clean_metrics = next_token_metrics(handle, clean_logits, target)
-    scores, passes = batched_scores(handle, ids, prepared, target, clean_logits, masks, batch_rows, progress)
+    scores, passes = batched_scores(handle, ids, prepared, target, masks, batch_rows, progress)
+    clean_metrics = next_token_metrics(handle, scores["clean_logits"], target)
     values = scores[metric].reshape(shape).cpu().numpy().astype(np.float32)
     clean = clean_value(clean_metrics, metric)
+    # against the clean row of each value's own pass; kl is already a difference from it
+    beside = np.float32(0) if metric == "kl" else scores["clean_" + metric].reshape(shape).cpu().numpy()
     return SweepResult(
         model=handle.name,
         fingerprint=handle.fingerprint,
@@ -224,7 +246,7 @@ def _sweep(handle, prompt, target, contrast, ivs, kind, sites, shape, op, positi
         clean=clean,
         clean_metrics=clean_metrics,
         values=values,
-        effects=values - np.float32(clean),
+        effects=values - np.asarray(beside, dtype=np.float32),
         kl=scores["kl"].reshape(shape).cpu().numpy().astype(np.float32),
         top1_changed=scores["top1_changed"].reshape(shape).cpu().numpy(),
         masks=masks,

@@ -23,7 +23,7 @@ def test_batched_head_sweep_equals_one_by_one(bundled):
     ivs += [Intervention(layer, site, "mean") for layer in (2, 28) for site in ("attn", "mlp", "resid")]
     prepared = prepare(bundled, ids, ivs, OpSettings())
     clean = forward_last(bundled, ids, {})[0]
-    batched, passes = batched_scores(bundled, ids, prepared, target, clean, batch_rows=18)
+    batched, passes = batched_scores(bundled, ids, prepared, target, batch_rows=18)
     single = one_by_one_scores(bundled, ids, prepared, target, clean)
     assert passes == 3
     for key in ("log_prob", "logit_diff", "target_prob", "kl"):

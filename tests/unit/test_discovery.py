@@ -220,7 +220,7 @@ def test_head_set_scores_batched_equal_one_pass_per_set(llama):
     target = resolve_target(llama, TARGET, CONTRAST)
     clean = forward_last(llama, ids, {})[0]
     sets = [(HeadRef(1, 0),), (HeadRef(0, 2), HeadRef(1, 1)), (HeadRef(1, 2), HeadRef(1, 3)), (HeadRef(0, 0),)]
-    scores, passes = head_set_scores(llama, ids, sets, target, clean, batch_rows=3)
+    scores, passes = head_set_scores(llama, ids, sets, target, batch_rows=3)
     assert passes == 2
     for s, value in zip(sets, scores["logit_diff"]):
         assert float(value) == pytest.approx(ablate(llama, PROMPT, target, [zero(r) for r in s]).intervened.logit_diff,
@@ -366,3 +366,24 @@ def test_cli_bad_top_k_exits_2(monkeypatch, llama, capsys):
     code, out = _run_cli(monkeypatch, llama, "--prompt", PROMPT, "--target", TARGET, "--top-k", "30", "--no-masks")
     assert code == 2 and out == ""
     assert "top_k_heads 30 is out of range" in capsys.readouterr().err
+
+
+def test_verified_effects_take_the_clean_run_from_their_own_batched_pass(tiny, monkeypatch):
+    """A head whose output projection is zero changes nothing: its verified effect is exactly 0,
+    and the clean metric comes from the batched passes, whatever the attribution pass computed."""
+    import dataclasses
+
+    import synapse_core.analysis.discovery as discovery
+
+    handle = tiny.make_handle("llama")
+    with torch.no_grad():
+        handle.arch.out_proj[1].weight[:, 3 * tiny.D_HEAD:4 * tiny.D_HEAD] = 0  # head 1.3 writes nothing
+    shifted = lambda *a, **k: (lambda att: dataclasses.replace(  # noqa: E731
+        att, clean=att.clean + 1.0, clean_logits=att.clean_logits + torch.arange(att.clean_logits.numel())))(
+        attribute_heads(*a, **k))
+    monkeypatch.setattr(discovery, "attribute_heads", shifted)
+    r = discover(handle, discovery_config(handle, PROMPT, TARGET, CONTRAST, top_k_heads=2, verify_heads=8))
+    by_name = {h.ref: h for h in r.candidates}
+    assert by_name[HeadRef(1, 3)].verified_effect == 0.0
+    clean = ablate(handle, PROMPT, TARGET, [zero(HeadRef(1, 3))], CONTRAST).clean.logit_diff
+    assert r.clean == pytest.approx(clean, abs=1e-5) and r.circuit.metric_before == pytest.approx(clean, abs=1e-5)

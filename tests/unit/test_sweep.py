@@ -21,7 +21,7 @@ def _both(handle, ivs, rows, masks=(), settings=OpSettings(), reuse_prefix=True)
     from synapse_core.hooks.masking import mask_fns
 
     clean = forward_last(handle, ids, mask_fns(masks))[0]
-    batched, passes = batched_scores(handle, ids, prepared, target, clean, masks, rows, reuse_prefix=reuse_prefix)
+    batched, passes = batched_scores(handle, ids, prepared, target, masks, rows, reuse_prefix=reuse_prefix)
     single = one_by_one_scores(handle, ids, prepared, target, clean, masks)
     return batched, single, passes
 
@@ -122,3 +122,24 @@ def test_long_prompts_take_fewer_rows_per_pass(monkeypatch):
     monkeypatch.setattr(sweep, "TOKEN_BUDGET", 16)  # 8-token prompt: 2 rows per pass
     result = sweep_heads(tiny_handle("llama"), PROMPT, "Paris", batch_rows=8)
     assert result.forward_passes == 4
+
+
+@pytest.mark.parametrize("sweep", ["heads", "layers"])
+def test_clean_value_comes_from_the_same_pass_so_a_no_op_reads_exactly_zero_in_bfloat16(tiny, sweep):
+    """Masked heads are already off in the clean run: ablating them again changes nothing, and with
+    the clean row from the same batched pass their effect is exactly 0, not bfloat16 rounding."""
+    handle = tiny.make_handle("llama", dtype=torch.bfloat16)
+    masks = tuple(HeadMask(layer, head) for layer in range(2) for head in range(4))  # every head off
+    prompt = "the cat sat on the mat and the dog ran"
+    calls, forward = [], handle.model.forward
+    handle.model.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    if sweep == "heads":
+        result = sweep_heads(handle, prompt, "sat", "ran", masks=masks, batch_rows=8)
+    else:  # steering by a zero vector adds nothing
+        result = sweep_layers(handle, prompt, "sat", "ran", op="steer", masks=masks,
+                              settings=OpSettings(direction=(0.0,) * tiny.D_MODEL))
+    # no separate clean pass: the model ran once per batched pass (and, to steer, on nothing else)
+    assert len(calls) == result.forward_passes
+    assert np.all(result.effects == 0)
+    assert np.all(result.kl == 0) and not result.top1_changed.any()
+    assert result.clean == result.clean_metrics.logit_diff != 0
