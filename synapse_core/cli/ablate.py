@@ -48,6 +48,8 @@ def _settings(args):
         text = Path(args.reference_file).read_text(encoding="utf-8")
     except OSError as exc:
         raise BadInput(f"cannot read --reference-file {args.reference_file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"--reference-file {args.reference_file} is not UTF-8 text (byte {exc.start})") from None
     return OpSettings(reference=parse_reference_prompts(text))
 
 
@@ -122,7 +124,7 @@ def _sweep(args):
 
     positions = parse_positions(args.positions)
     settings = _settings(args)
-    rows = args.batch_rows or BATCH_ROWS
+    rows = BATCH_ROWS if args.batch_rows is None else args.batch_rows  # 0 is refused, not replaced
     if rows < 1:
         raise BadInput(f"--batch-rows {rows} must be at least 1")
     handle = cli.load(args)

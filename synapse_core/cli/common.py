@@ -27,11 +27,24 @@ def add_mask_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-masks", action="store_true", help="ignore the stored quarantine list")
 
 
+def check_text(args) -> None:
+    """Refuse an argument that is not UTF-8 text (the shell passes raw bytes; Python keeps them as
+    lone surrogates that fail deep inside the tokenizer)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raw = value.encode("utf-8", "surrogateescape")
+                raise CliError(f"--{name.replace('_', '-')} is not UTF-8 text: {raw[:40]!r}") from None
+
+
 def load(args):
     from transformers.utils import logging as hf_logging
 
     from ..model.loading import load_model
 
+    check_text(args)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     return load_model(args.model, device=args.device, dtype=args.dtype)

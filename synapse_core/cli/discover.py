@@ -40,9 +40,14 @@ def _cases(args):
         raise BadInput(f"prompts file {path} does not exist")
     if args.prompt or args.target:
         raise BadInput("give either --prompts-file or --prompt/--target, not both")
-    if path.suffix.lower() == ".csv":
-        return parse_prompt_csv(path.read_bytes())
-    return parse_prompt_lines(path.read_text(encoding="utf-8"))
+    try:
+        if path.suffix.lower() == ".csv":
+            return parse_prompt_csv(path.read_bytes())
+        return parse_prompt_lines(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"prompts file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read prompts file {path}: {exc.strerror}") from None
 
 
 def _discover(args):

@@ -59,9 +59,18 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r}: this machine has no CUDA GPU (use auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r} does not exist: this machine has cuda:0-{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r}: this machine has no Apple GPU (use auto or cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return dev
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,7 +109,11 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object, str, 
     if (cache / "model.safetensors").exists():
         model, tokenizer = _from_pretrained(str(cache), dtype, use_safetensors=True)
         return model, tokenizer, fingerprint, "safetensors cache"
-    model, tokenizer = _from_pretrained(str(path.parent), torch.float32, gguf_file=path.name)
+    try:
+        model, tokenizer = _from_pretrained(str(path.parent), torch.float32, gguf_file=path.name)
+    except Exception as exc:  # the GGUF reader raises anything from ValueError to struct.error on a bad file
+        raise ModelLoadError(f"{path} is not a GGUF model file transformers can read "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
