@@ -64,7 +64,11 @@ if result.fingerprint != handle.fingerprint:
     st.info(f"The last discovery was made with {result.model}, not the loaded model: press **Run** again.")
     st.stop()
 
-core.show_run_source(run.key, run.from_cache, "discover")
+if run.outdated:
+    st.warning(f"Made by an older engine ({run.outdated}): shown as stored · experiment `{run.key}`. "
+               "Press **Run** for this engine's numbers.")
+else:
+    core.show_run_source(run.key, run.from_cache, "discover")
 for message in (*result.warnings, *result.notes, *run.notes):
     st.warning(message)
 

@@ -15,6 +15,7 @@ import streamlit as st
 
 from synapse_core.arch.spec import Intervention, parse_heads
 from synapse_core.common.errors import BadInput
+from synapse_core.common.hashing import engine_version
 from synapse_core.experiments.records import Experiment, export_csv, export_json, headline
 from synapse_core.interventions.ablation import AblationResult
 from synapse_core.interventions.metrics import METRIC_LABELS, TopToken
@@ -24,6 +25,7 @@ from synapse_core.interventions.reference import parse_reference_prompts
 from synapse_core.interventions.sweep import SweepResult
 from ui import core
 from ui import trace as ui_trace
+from ui.names import short_name, short_names
 
 SITE_LABELS = {"attn.head": "attention head(s)", "attn": "attention layer output", "mlp": "MLP output",
                "resid": "residual stream after the layer"}
@@ -79,8 +81,16 @@ def metric_table(r: AblationResult) -> pd.DataFrame:
 
 
 def sweep_frame(r: SweepResult) -> pd.DataFrame:
-    """One row per swept component: layer, head or site, name, effect, value, kl, top1_changed."""
-    return pd.DataFrame(r.effect_rows())
+    """One row per swept component: layer, head or site, name ("L.H" for a head), effect, value, kl,
+    top1_changed, masked (a head masked in every run of the sweep: its effect is 0 by construction),
+    and the engine's full name."""
+    frame = pd.DataFrame(r.effect_rows())
+    frame["full name"] = frame["name"]
+    frame["name"] = [short_name(n) for n in frame["name"]]
+    masked = {(m.layer, m.head) for m in r.masks} if r.kind == "heads" else set()
+    frame["masked"] = [(int(row.layer), int(row.head)) in masked for row in frame.itertuples()] if masked \
+        else False
+    return frame
 
 
 def top_effects(r: SweepResult, n: int = 10) -> pd.DataFrame:
@@ -111,8 +121,11 @@ def sweep_heatmap(r: SweepResult) -> alt.Chart:
         y=alt.Y("layer:O", title="layer", sort="descending", axis=y_axis),
         color=alt.Color("effect:Q", title=f"Δ {r.metric}",
                         scale=alt.Scale(scheme="redblue", domain=[-limit, limit], domainMid=0)),
+        # a masked head reads 0 like a head that does nothing: outline it so the two read apart
+        stroke=alt.condition("datum.masked", alt.value("#111111"), alt.value(None)),
+        strokeWidth=alt.condition("datum.masked", alt.value(2.5), alt.value(0)),
         tooltip=["name", alt.Tooltip("effect:Q", format="+.4f"), alt.Tooltip("value:Q", format=".4f"),
-                 alt.Tooltip("kl:Q", format=".4f"), "top1_changed"],
+                 alt.Tooltip("kl:Q", format=".4f"), "top1_changed", "masked", "full name"],
     ).properties(height=rows + 50)
 
 
@@ -140,8 +153,11 @@ def share_url(key: str, kind: str) -> str:
 
 
 def show_header(exp: Experiment, prefix: str) -> None:
-    st.markdown(f"**{exp.config.title}**  \n{headline(exp)}")
-    if exp.from_cache:
+    st.markdown(f"**{short_names(exp.config.title)}**  \n{short_names(headline(exp))}")
+    if exp.outdated:
+        st.warning(f"Made by an {engine_label(exp.engine, True)}, not this one ({engine_version()}): shown as "
+                   f"stored · experiment `{exp.hash}`. Run it again for this engine's numbers.")
+    elif exp.from_cache:
         st.success(f"Answered from the store · experiment `{exp.hash}`")
     else:
         st.caption(f"Computed and stored · experiment `{exp.hash}`")
@@ -166,12 +182,35 @@ def _notes(r) -> None:
         st.caption("Masked in every run: " + ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in r.masks))
 
 
+def already_masked(r: AblationResult) -> list[str]:
+    """"L.H" of each intervened head that is masked in both runs (the clean one too)."""
+    masked = {(m.layer, m.head) for m in r.masks}
+    return [f"{iv.layer}.{iv.head}" for iv in r.interventions
+            if iv.site == "attn.head" and (iv.layer, iv.head) in masked]
+
+
+def masked_text(heads: list[str], op: str) -> str:
+    """Why an intervention on masked heads reads ~0, and how to measure it on the raw model."""
+    which = ", ".join(heads)
+    return (f"{'Head' if len(heads) == 1 else 'Heads'} {which} {'is' if len(heads) == 1 else 'are'} already masked "
+            "in every run (quarantined, or a session mask), so the clean run has "
+            f"{'it' if len(heads) == 1 else 'them'} switched off too"
+            + (": zeroing changes nothing." if op == "zero" else f", and {op} is measured against the masked model.")
+            + " To measure on the raw model, turn on **Use raw model (ignore quarantine)** in the sidebar "
+              "(and remove session masks from **Heads to mask**); on the CLI, `--no-masks`.")
+
+
 def show_ablation(r: AblationResult, prefix: str) -> None:
     _notes(r)
+    masked = already_masked(r)
+    if masked:
+        st.warning(masked_text(masked, r.interventions[0].op))
+    no_op = len(masked) == len(r.interventions)  # every change is 0 by construction: no green "+0.0000"
     cards = st.columns(5)
     for col, m in zip(cards, CARD_METRICS):
         if r.clean.value(m) is not None:
             col.metric(CARD_LABELS[m], f"{r.intervened.value(m):.4f}", delta=f"{r.delta(m):+.4f}", border=True,
+                       delta_color="off" if no_op else "normal",
                        help=f"{METRIC_LABELS[m]}: clean {r.clean.value(m):.4f} → intervened {r.intervened.value(m):.4f}")
     cards[3].metric("KL (nats)", f"{r.kl_divergence:.4g}", border=True, help=METRIC_LABELS["kl"])
     cards[4].metric("Top-1", ui_trace.show_token(r.intervened.top_token), border=True, delta_color="off", delta_arrow="off",
@@ -182,7 +221,8 @@ def show_ablation(r: AblationResult, prefix: str) -> None:
     clean_col, iv_col = st.columns(2)
     clean_col.markdown("**Clean** next tokens")
     clean_col.dataframe(top_table(r.clean_top), key=f"{prefix}_clean_top", hide_index=True, column_config={"prob": prob})
-    iv_col.markdown("**Intervened**: " + ", ".join(f"`{n}` ({iv.op})" for n, iv in zip(r.names, r.interventions)))
+    iv_col.markdown("**Intervened**: " + ", ".join(f"`{short_name(n)}` ({iv.op})" for n, iv in zip(r.names, r.interventions)),
+                    help="Full names: " + ", ".join(r.names))
     iv_col.dataframe(top_table(r.intervened_top), key=f"{prefix}_intervened_top", hide_index=True,
                      column_config={"prob": prob})
 
@@ -208,9 +248,21 @@ def show_promptset(r: PromptSetResult, prefix: str) -> None:
     st.dataframe(promptset_frame(r), key=f"{prefix}_table", hide_index=True)
 
 
+HISTORY_COLUMNS = ["created", "kind", "link", "result", "engine", "title", "model", "experiment"]  # the link
+# before the long text columns, so it stays in view on a 1400 px window
+
+
+def engine_label(engine: str, outdated: bool) -> str:
+    """"this engine", or which older engine made a stored result ("" = before versions were kept)."""
+    if not outdated:
+        return "this engine"
+    return f"older engine ({engine or 'before versions were kept'})"
+
+
 def history_table(summaries) -> pd.DataFrame:
-    """The History list: one row per stored experiment, newest first, with its share link."""
-    return pd.DataFrame([{"created": datetime.fromtimestamp(s.created), "kind": s.kind, "result": s.headline,
-                          "title": s.title, "model": s.model, "experiment": s.hash, "link": share_url(s.hash, s.kind)}
-                         for s in summaries],
-                        columns=["created", "kind", "result", "title", "model", "experiment", "link"])
+    """The History list: one row per stored experiment, newest first, with its share link; heads named "L.H"."""
+    return pd.DataFrame([{"created": datetime.fromtimestamp(s.created), "kind": s.kind,
+                          "link": share_url(s.hash, s.kind), "result": short_names(s.headline),
+                          "engine": engine_label(s.engine, s.outdated), "title": short_names(s.title),
+                          "model": s.model, "experiment": s.hash}
+                         for s in summaries], columns=HISTORY_COLUMNS)

@@ -39,6 +39,7 @@ class DiscoveryRun:
     key: str  # the experiment's content hash
     from_cache: bool  # answered from the result store
     notes: tuple[str, ...]  # store notes, e.g. an unreadable entry that was replaced
+    outdated: str = ""  # reopened, but made by another engine: which one (shown instead of "answered from the store")
 
 
 def run(handle, config, progress) -> DiscoveryRun:
@@ -56,7 +57,8 @@ def reopen(key: str) -> DiscoveryRun:
         raise BadInput(f"no experiment {key} is stored here: it was deleted, or made on another machine")
     if not isinstance(exp.result, DiscoveryResult):
         raise BadInput(f"experiment {key} is a {exp.config.kind}, not a discovery: open it on the History page")
-    return DiscoveryRun(exp.result, exp.hash, True, tuple(exp.notes))
+    outdated = (exp.engine or "before versions were kept") if exp.outdated else ""
+    return DiscoveryRun(exp.result, exp.hash, not outdated, tuple(exp.notes), outdated)
 
 
 def cases(lines: str, upload) -> tuple[PromptCase, ...]:

@@ -1,15 +1,34 @@
-"""The content hash that names every stored result: a config's canonical JSON, hashed.
+"""The content hash that names every stored result: a config's canonical JSON and the engine's
+version, hashed.
 
 It sits in the lowest layer because configs of every layer (discovery, traces, experiments) hash
-themselves with it.
+themselves with it. The engine version is the package's version and RESULT_SCHEMA, so a result made
+by another engine never answers a request to this one.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
+
+PACKAGE = "synapse-interp"
+# Bump when the same request would give a different or differently shaped result: 2 = clean values
+# from the same batched pass, discoveries judged out of sample, AtP* ranking.
+RESULT_SCHEMA = 2
+
+
+@functools.lru_cache(maxsize=1)
+def engine_version() -> str:
+    """The package version and the result schema, e.g. "0.2.0+schema2"; part of every content hash."""
+    try:
+        package = version(PACKAGE)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        package = "source"
+    return f"{package}+schema{RESULT_SCHEMA}"
 
 
 def _plain(value):
@@ -28,10 +47,11 @@ def _plain(value):
 
 
 def content_hash(kind: str, config: dict) -> str:
-    """Stable hash of a request: 16 hex digits.
+    """Stable hash of a request to this engine (engine_version()): 16 hex digits.
 
     >>> content_hash("trace", {"prompt": "hi"}) == content_hash("trace", {"prompt": "hi"})
     True
     """
-    text = json.dumps({"kind": kind, "config": _plain(config)}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps({"kind": kind, "engine": engine_version(), "config": _plain(config)}, sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..arch.spec import HeadMask, Intervention, normalize_masks
 from ..common.errors import BadInput, StoreError
+from ..common.hashing import engine_version
 from ..interventions.ablation import AblationResult, ablate
 from ..interventions.metrics import METRICS, check_metric
 from ..interventions.ops import OpSettings
@@ -102,6 +103,12 @@ class Experiment:
     created: float  # unix time the result was computed
     from_cache: bool = False  # answered from the store
     notes: tuple[str, ...] = ()  # store messages, e.g. an unreadable entry that was recomputed
+    engine: str | None = None  # engine version that made it (reopened entries; "" = before versions were kept)
+
+    @property
+    def outdated(self) -> bool:
+        """Reopened from the store but made by another engine: its numbers may differ from this one's."""
+        return self.engine is not None and self.engine != engine_version()
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class ExperimentSummary:
     title: str
     metric: str
     headline: str  # the main number(s), e.g. "Δ log_prob -1.23 · KL 0.045"
+    engine: str = ""  # engine version that made it; "" = before versions were kept
+    outdated: bool = False  # made by another engine: listed, never served as an answer to this one
 
 
 def _base(handle: ModelHandle, masks) -> dict:
@@ -206,7 +215,7 @@ def load_experiment(store: ResultStore, key: str) -> Experiment | None:
         return None
     if not isinstance(entry.result, StoredExperiment):
         raise StoreError(f"result {entry.key} is a {entry.kind} entry, not an experiment")
-    return Experiment(entry.result.config, entry.result.result, entry.key, entry.created, True)
+    return Experiment(entry.result.config, entry.result.result, entry.key, entry.created, True, engine=entry.engine)
 
 
 def delete_experiment(store: ResultStore, key: str) -> bool:
@@ -245,8 +254,9 @@ def list_experiments(store: ResultStore, kind: str | None = None, model: str | N
             continue
         if search and search.lower() not in (c.title + " " + " ".join(c.prompts)).lower():
             continue
-        exp = Experiment(c, entry.result.result, entry.key, entry.created, True)
-        out.append(ExperimentSummary(entry.key, c.kind, c.model, entry.created, c.title, c.metric, headline(exp)))
+        exp = Experiment(c, entry.result.result, entry.key, entry.created, True, engine=entry.engine)
+        out.append(ExperimentSummary(entry.key, c.kind, c.model, entry.created, c.title, c.metric, headline(exp),
+                                     entry.engine, entry.outdated))
     return out, problems
 
 

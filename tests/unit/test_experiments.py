@@ -185,3 +185,39 @@ def test_other_kinds_in_the_store_list_reopen_and_export(store):
     rows = list(csv.DictReader(io.StringIO(export_csv(exp))))
     assert rows[0] == {"field": "circuit_effect", "value": "-1.5"}
     assert json.loads(rows[1]["value"]) == [{"layer": 0, "head": 1}]
+
+
+@pytest.mark.parametrize("make", [
+    lambda h: ablation_config(h, PROMPT, "Paris", [Intervention(0, "attn.head", "mean", 1)], "London"),
+    lambda h: sweep_config(h, PROMPT, "Paris", "London", op="mean"),
+    lambda h: promptset_config(h, [PromptCase(PROMPT, "Paris", "London")], [Intervention(0, "mlp", "mean")]),
+])
+def test_editing_the_shipped_reference_file_changes_a_mean_experiment_s_hash(make, tmp_path, monkeypatch):
+    import synapse_core.interventions.reference as reference
+
+    handle = tiny_handle("llama")
+    before = make(handle).hash
+    edited = tmp_path / "reference_prompts.txt"
+    edited.write_text(reference.REFERENCE_FILE.read_text(encoding="utf-8") + "\none more reference prompt\n",
+                      encoding="utf-8")
+    monkeypatch.setattr(reference, "REFERENCE_FILE", edited)
+    assert make(handle).hash != before
+
+
+def test_history_lists_a_result_of_an_older_engine_as_such(store):
+    from synapse_core.experiments.records import StoredExperiment
+    from synapse_core.experiments.store import Entry
+
+    handle = tiny_handle("llama")
+    config = ablation_config(handle, PROMPT, "Paris", [HEAD], "London")
+    fresh = run_experiment(handle, config, store)
+    assert not fresh.outdated
+    stale_key = "00000000000000aa"
+    store._cache.set(stale_key, Entry(stale_key, "ablation", 1.0, {}, StoredExperiment(config, fresh.result)))
+    listed = {s.hash: s for s in list_experiments(store)[0]}
+    assert listed[stale_key].outdated and listed[stale_key].engine == ""
+    assert not listed[fresh.hash].outdated and listed[fresh.hash].engine.endswith("+schema2")
+    reopened = load_experiment(store, stale_key)
+    assert reopened.outdated
+    again = run_experiment(handle, config, store)
+    assert again.hash == fresh.hash and again.from_cache and not again.outdated

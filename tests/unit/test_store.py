@@ -179,3 +179,76 @@ def test_store_pickles_with_the_highest_protocol(store):
     with sqlite3.connect(Path(store.path) / "cache.db") as db:
         (raw,) = db.execute("SELECT value FROM Cache WHERE key = 'k'").fetchone()
     assert pickle.loads(raw).result == {"x": 1.5}
+
+
+# ---- engine versions, one computation per key, a damaged database ---------------------------------
+
+
+def test_hash_depends_on_the_engine_version(monkeypatch):
+    import synapse_core.common.hashing as hashing
+
+    now = content_hash("trace", BASE)
+    assert hashing.engine_version().endswith(f"+schema{hashing.RESULT_SCHEMA}")
+    monkeypatch.setattr(hashing, "RESULT_SCHEMA", hashing.RESULT_SCHEMA + 1)
+    hashing.engine_version.cache_clear()
+    try:
+        assert content_hash("trace", BASE) != now
+    finally:
+        monkeypatch.undo()
+        hashing.engine_version.cache_clear()
+    assert content_hash("trace", BASE) == now
+
+
+def test_a_result_of_another_engine_is_never_served_and_is_listed_as_such(store, monkeypatch):
+    import synapse_core.experiments.store as store_module
+
+    key = content_hash("k", {"a": 1})
+    store._cache.set(key, Entry(key, "k", 1.0, {}, "old answer", engine="0.1.0+schema1"))  # an older engine's
+    old = store.get(key)
+    assert old.outdated and old.engine == "0.1.0+schema1"
+    entry, from_cache, notes = store.get_or_compute("k", {"a": 1}, lambda: "new answer")
+    assert (entry.result, from_cache, entry.outdated) == ("new answer", False, False)
+    assert any("made by another engine (0.1.0+schema1)" in n for n in notes)
+    monkeypatch.setattr(store_module, "engine_version", lambda: "9.9.9+schema9")
+    assert store.get(key).outdated  # made by 0.2.x: older than this engine
+
+
+def test_two_sessions_asking_for_the_same_missing_result_compute_it_once(store, tmp_path):
+    import threading
+    import time
+
+    other = ResultStore(tmp_path / "results")  # a second session: its own connection to the same store
+    computed, start, out = [], threading.Barrier(2), {}
+
+    def compute():
+        computed.append(1)
+        time.sleep(0.3)  # long enough for the other session to ask meanwhile
+        return "answer"
+
+    def ask(name, s):
+        start.wait()
+        out[name] = s.get_or_compute("k", {"a": 2}, compute)
+
+    threads = [threading.Thread(target=ask, args=(n, s)) for n, s in (("one", store), ("two", other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other.close()
+    assert len(computed) == 1
+    assert sorted(from_cache for _, from_cache, _ in out.values()) == [False, True]
+    assert {entry.result for entry, _, _ in out.values()} == {"answer"}
+
+
+def test_a_garbage_database_file_is_moved_aside_and_the_store_rebuilt(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "cache.db").write_bytes(b"\x00garbage, not SQLite\xff" * 200)
+    s = ResultStore(folder)
+    entries, problems = s.entries()
+    assert entries == [] and len(problems) == 1 and "moved aside to cache.db.damaged-" in problems[0]
+    assert [p.name.startswith("cache.db.damaged-") for p in folder.iterdir() if "damaged" in p.name] == [True]
+    entry, from_cache, notes = s.get_or_compute("k", {"a": 3}, lambda: "fresh")
+    assert not from_cache and len(notes) == 1 and "could not be read" in notes[0]
+    assert s.get(entry.key).result == "fresh" and s.entries()[1] == []  # said once
+    s.close()
