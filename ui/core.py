@@ -251,7 +251,7 @@ def masks_in_force(handle) -> tuple[HeadMask, ...]:
 
 def experiment_url(key: str | None) -> str | None:
     """A link that reopens a stored experiment, when the Ablate page reads `?experiment=`; else None."""
-    page = Path(__file__).parent / "pages" / "ablate.py"
+    page = Path(__file__).parents[1] / "pages" / "ablate.py"  # ui/ sits beside pages/
     if key and page.exists() and "query_params" in page.read_text():
         return f"ablate?experiment={key}"
     return None

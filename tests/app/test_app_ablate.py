@@ -73,17 +73,33 @@ def test_head_zero_ablation_on_ioi_shows_clean_vs_intervened_and_a_rerun_comes_f
 
 
 def test_head_sweep_renders_a_270_cell_causal_map():
-    at = fill(ablate_page())
+    at = fill(app(masks="5.5").switch_page("pages/ablate.py").run())  # a head masked in every run
     at.button(key="ablate_sweep_button").click().run()
     assert not at.exception and not at.error
     (heatmap,) = chart_frames(at)
     assert len(heatmap) == 270 and set(heatmap["layer"]) == set(range(30)) and set(heatmap["head"]) == set(range(9))
     worst = heatmap.loc[heatmap["effect"].idxmin()]
-    assert worst["name"] == "layers.23.attn.head.3" and worst["effect"] < -2.5
-    assert table(at, "layer")["name"][0] == "layers.23.attn.head.3"  # largest effects first
+    assert worst["name"] == "23.3" and worst["full name"] == "layers.23.attn.head.3" and worst["effect"] < -2.5
+    assert table(at, "layer")["name"][0] == "23.3"  # largest effects first, heads named as on every page
+    # the masked head is marked, not drawn as a quiet head
+    assert heatmap.loc[heatmap["masked"], ["layer", "head"]].values.tolist() == [[5, 5]]
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     assert spec["encoding"]["color"]["scale"]["domainMid"] == 0
+    assert spec["encoding"]["stroke"]["condition"]["test"] == "datum.masked"
     assert any("270 interventions in" in c.value for c in at.caption)
+
+
+def test_ablating_a_head_masked_in_every_run_says_so_instead_of_green_zeros():
+    at = fill(app(masks=NAME_MOVER).switch_page("pages/ablate.py").run())
+    at.button(key="ablate_run_button").click().run()
+    assert not at.exception and not at.error
+    (warning,) = at.warning
+    assert warning.value.startswith("Head 23.3 is already masked in every run")
+    assert "zeroing changes nothing" in warning.value and "Use raw model (ignore quarantine)" in warning.value
+    cards = [m for m in at.metric if m.label in ("p(target)", "logit diff")]
+    assert [m.delta for m in cards] == ["+0.0000", "+0.0000"]
+    assert all(m.proto.color == m.proto.MetricColor.GRAY for m in cards)  # not a green "+0.0000"
+    assert any("**Intervened**: `23.3` (zero)" in m.value for m in at.markdown)  # one name for a head
 
 
 def test_prompt_set_from_lines_and_from_csv_shows_one_row_per_prompt():
