@@ -11,6 +11,7 @@ PAGES = {
     "trace": st.Page("pages/trace.py", title="Trace", icon="🔎"),
     "ablate": st.Page("pages/ablate.py", title="Ablate", icon="✂️"),
     "discover": st.Page("pages/discover.py", title="Discover", icon="🧭"),
+    "graph": st.Page("pages/graph.py", title="Graph", icon="🕸️"),
     "governance": st.Page("pages/governance.py", title="Governance", icon="🛡️"),
     "history": st.Page("pages/history.py", title="History", icon="🗂️"),
 }

@@ -102,6 +102,7 @@ def test_changes_need_a_name_and_clearing_needs_confirmation():
     at.sidebar.text_input(key=core.USER_NAME).input("bob").run()
     at = quarantine(at, "3.1, 5.2", "found by hand")
     assert table_heads(at) == ["3.1", "5.2"]
+    assert list(at.dataframe[0].value.columns[:4]) == ["head", "level", "by", "at"]  # in view at 1400 px
     assert list(at.dataframe[0].value["by"]) == ["bob", "bob"]
 
     assert at.button(key="gov_clear").disabled  # AppTest, like a browser, cannot click it
