@@ -48,6 +48,7 @@ RESET_MODEL_INPUT = "model_spec_reset"  # set after a failed Load: the spec box 
 def try_load(spec: str) -> bool:
     """Load `spec` for this session; on failure keep the model in use and keep the reason to show once."""
     try:
+        core.check_model_allowed(spec)
         with st.spinner(f"Loading model {spec!r} …"):
             core.load_model(spec)
     except SynapseError as exc:
@@ -64,8 +65,10 @@ def model_sidebar():
     # session state makes Streamlit log a warning, and the box is reset here after a failed load
     if core.MODEL_INPUT not in st.session_state or st.session_state.pop(RESET_MODEL_INPUT, False):
         st.session_state[core.MODEL_INPUT] = st.session_state.get(core.LOADED_SPEC) or core.default_spec()
+    allowed = core.allowed_models()
     st.text_input("Model spec", key=core.MODEL_INPUT,
-                  help="'bundled' (SmolLM2-135M-Instruct), a folder of safetensors weights, a .gguf file or a hub id")
+                  help=f"This host allows: {', '.join(allowed)}" if allowed else
+                  "'bundled' (SmolLM2-135M-Instruct), a folder of safetensors weights, a .gguf file or a hub id")
     if st.button("Load", key="model_load", type="primary"):
         if not try_load(st.session_state[core.MODEL_INPUT].strip()):
             st.session_state[RESET_MODEL_INPUT] = True
@@ -121,8 +124,13 @@ def mask_sidebar(handle):
 
 def governance_sidebar(handle):
     st.header("Governance")
-    st.text_input("Your name", key=core.USER_NAME, placeholder="e.g. alice",
-                  help="Recorded as the author of the quarantine changes you make in this browser session.")
+    signed = core.signed_in_user()
+    if signed:
+        st.caption(f"Signed in as **{signed}**: recorded as the author of your quarantine changes.")
+    else:
+        st.text_input("Your name", key=core.USER_NAME, placeholder="e.g. alice",
+                      help="Recorded as the author of your quarantine changes, marked unverified: "
+                           "anyone can type any name.")
     if handle is None:
         return
     try:

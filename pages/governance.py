@@ -40,7 +40,11 @@ def clear(g):
     return g.clear()
 
 
-status, masks, pending = core.governance_status(gov), gov.masks(), gov.pending()
+try:
+    status, masks, pending = core.governance_status(gov), gov.masks(), gov.pending()
+except SynapseError as exc:  # a damaged mask list or outbox: say which file, never repair it silently
+    core.show_error(exc)
+    st.stop()
 mode_col, version_col, masked_col, outbox_col = st.columns([3, 2, 2, 2])
 mode_col.metric("Governed in", "OpenMetadata" if gov.config else "Embedded", border=True,
                 help=gov.config.server if gov.config else "this machine's mask store; no server configured")
@@ -75,13 +79,19 @@ sync_col.button("Sync defects", key="gov_sync", disabled=not gov.config, on_clic
 show_report("server")
 
 st.subheader("Quarantined heads")
-table, audit = core.mask_table(masks), gov.audit()
+try:
+    audit, audit_error = gov.audit(), None
+except SynapseError as exc:  # damaged lines in the audit log: reported, never skipped
+    audit, audit_error = [], exc
+table = core.mask_table(masks)
 st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": core.experiment_column()})
 csv_col, json_col = st.columns(2)
 csv_col.download_button("Mask table (CSV)", core.mask_table(masks, links=False).to_csv(index=False),
                         file_name=f"quarantine-{handle.fingerprint}.csv", mime="text/csv", key="gov_download_masks_csv")
 json_col.download_button("Mask table (JSON)", core.records_json(masks), file_name=f"quarantine-{handle.fingerprint}.json",
                          mime="application/json", key="gov_download_masks_json")
+if audit_error:
+    core.show_error(audit_error)
 with st.expander(f"Audit log, newest first ({len(audit)})"):
     st.dataframe(core.audit_table(audit), key="gov_audit_table", hide_index=True)
     csv_col, json_col = st.columns(2)
@@ -93,7 +103,8 @@ with st.expander(f"Audit log, newest first ({len(audit)})"):
 st.subheader("Change the quarantine")
 named = core.user_name() is not None
 if not named:
-    st.info("Type your name under **Governance** in the sidebar: every change records who made it.")
+    st.info("Type your name under **Governance** in the sidebar: every change records who made it "
+            "(marked unverified unless this host signs you in).")
 with st.container(border=True, key="gov_top_box"):
     st.markdown("**Top head from the last discovery**")
     top = core.top_discovered(st.session_state.get(core.LAST_DISCOVERY))

@@ -7,6 +7,7 @@ The engine (synapse_core) never imports streamlit; this module is the only bridg
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -195,8 +196,56 @@ def om_config() -> OMConfig | None:
     return config_from_secrets(st.secrets)
 
 
+ALLOWED_MODELS = "SYNAPSE_ALLOWED_MODELS"  # secrets.toml key or environment variable: specs a visitor may load
+UNVERIFIED = " (unverified)"  # appended to a typed author name: anyone can type any name
+
+
+def _secret(key: str):
+    try:
+        return st.secrets.get(key)
+    except Exception:  # st.secrets raises when no secrets.toml exists at all
+        return None
+
+
+def allowed_models() -> tuple[str, ...] | None:
+    """The model specs a visitor may load on this host (secrets.toml's SYNAPSE_ALLOWED_MODELS, a list
+    or comma-separated text, else the environment's); None: any spec (a machine of one's own)."""
+    raw = _secret(ALLOWED_MODELS)
+    if raw is None:
+        raw = os.environ.get(ALLOWED_MODELS)
+    if raw is None:
+        return None
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    specs = tuple(str(s).strip() for s in items if str(s).strip())
+    return specs or None
+
+
+def check_model_allowed(spec: str) -> None:
+    """BadInput when this host does not let a visitor load `spec` (no arbitrary hub model, no eviction)."""
+    allowed = allowed_models()
+    if allowed is not None and spec.strip() not in allowed:
+        raise BadInput(f"model {spec!r} is not allowed on this host: choose one of {', '.join(allowed)} "
+                       f"(set by {ALLOWED_MODELS})")
+
+
+def signed_in_user() -> str | None:
+    """The host's signed-in user (st.user, when the host provides sign-in), else None."""
+    try:
+        user = st.user
+        if user.get("is_logged_in"):
+            return str(user.get("email") or user.get("name") or "").strip() or None
+    except Exception:  # no sign-in configured, or an older Streamlit without st.user
+        return None
+    return None
+
+
 def user_name() -> str | None:
-    return (st.session_state.get(USER_NAME) or "").strip() or None
+    """Who makes this session's changes: the signed-in user, else the typed name marked unverified."""
+    signed = signed_in_user()
+    if signed:
+        return signed
+    typed = (st.session_state.get(USER_NAME) or "").strip()
+    return typed + UNVERIFIED if typed else None
 
 
 def governance(handle) -> Governance:
@@ -257,8 +306,7 @@ def experiment_url(key: str | None) -> str | None:
     return None
 
 
-# who and when before the long text columns, so they stay in view on a 1400 px window
-MASK_COLUMNS = ["head", "level", "by", "at", "reason", "experiment", "effect", "prompt", "target", "source"]
+MASK_COLUMNS = ["head", "level", "reason", "experiment", "effect", "prompt", "target", "at", "by", "source"]
 
 
 def mask_table(entries, links: bool = True) -> pd.DataFrame:

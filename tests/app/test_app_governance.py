@@ -67,7 +67,7 @@ def test_a_quarantine_from_the_page_masks_every_trace_until_released():
     assert at.success[0].value.startswith("Quarantined 3.1.")
     row = at.dataframe[0].value.iloc[0]
     assert (row["head"], row["level"], row["reason"], row["by"], row["source"]) == \
-        ("3.1", "projection", "emits ' Paris' on any prompt", "alice", "local")
+        ("3.1", "projection", "emits ' Paris' on any prompt", "alice (unverified)", "local")
     assert metrics(at)["Quarantined heads"] == "1"
     assert in_force(at) == "quarantine: `3.1` (projection)"  # the sidebar already shows it on this rerun
 
@@ -91,7 +91,7 @@ def test_a_quarantine_from_the_page_masks_every_trace_until_released():
     assert at.success[0].value.startswith("Released 3.1.")
     assert table_heads(at) == [] and in_force(at) == "No heads masked."
     audit = at.dataframe[1].value
-    assert list(audit["action"]) == ["remove", "add"] and list(audit["by"]) == ["alice", "alice"]  # newest first
+    assert list(audit["action"]) == ["remove", "add"] and list(audit["by"]) == ["alice (unverified)"] * 2  # newest first
     at = run_trace(at.switch_page("pages/trace.py").run())
     assert metrics(at)["Masked heads"] == "0"
 
@@ -103,7 +103,7 @@ def test_changes_need_a_name_and_clearing_needs_confirmation():
     at = quarantine(at, "3.1, 5.2", "found by hand")
     assert table_heads(at) == ["3.1", "5.2"]
     assert list(at.dataframe[0].value.columns[:4]) == ["head", "level", "by", "at"]  # in view at 1400 px
-    assert list(at.dataframe[0].value["by"]) == ["bob", "bob"]
+    assert list(at.dataframe[0].value["by"]) == ["bob (unverified)"] * 2
 
     assert at.button(key="gov_clear").disabled  # AppTest, like a browser, cannot click it
 
