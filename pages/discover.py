@@ -73,7 +73,15 @@ for message in (*result.warnings, *result.notes, *run.notes):
     st.warning(message)
 
 st.subheader("Circuit vs random heads")
-(st.success if circuit.beats_random else st.warning)(circuit.verdict[0].upper() + circuit.verdict[1:])
+for judged, where in ud.judgements(result):
+    (st.success if judged.beats_random else st.warning)(f"{judged.verdict[0].upper()}{judged.verdict[1:]}.  \n*{where}*")
+if circuit.interacts:
+    if result.pairs:
+        st.markdown("**Pairs that explain it**: each pair ablated together against the sum of its single effects; "
+                    "a joint effect far from that sum is where the heads undo each other.")
+        st.dataframe(ud.pair_table(result, interacting_first=True), key="discover_interaction_table", hide_index=True)
+    else:
+        st.caption("No pairs were ablated: raise *Pairs ablated together* to see which heads undo each other.")
 for col, card in zip(st.columns(4), ud.summary_cards(result)):
     col.metric(**card, delta_color="off", delta_arrow="off", border=True)
 st.caption(f"{len(result.cases)} prompt(s) · ranking every head: {result.rank_seconds:.1f} s · "

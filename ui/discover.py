@@ -75,6 +75,7 @@ STAGE_TEXT = {  # what each engine stage does, for the progress bar
     "verification": "verifying the strongest candidates by ablation",
     "pairs": "ablating pairs of circuit heads together",
     "baseline": "ablating the circuit and random head sets",
+    "held_out": "judging the circuit on the held-out prompts",
 }
 
 
@@ -124,11 +125,23 @@ def head_table(result: DiscoveryResult, heads=None) -> pd.DataFrame:
     return frame
 
 
-def pair_table(result: DiscoveryResult) -> pd.DataFrame:
+def pair_table(result: DiscoveryResult, interacting_first: bool = False) -> pd.DataFrame:
+    """One row per ablated pair; interacting_first orders them by |interaction|, largest first."""
+    pairs = sorted(result.pairs, key=lambda p: -abs(p.interaction)) if interacting_first else result.pairs
     return pd.DataFrame([{"a": short(p.a), "b": short(p.b), "joint effect": p.joint_effect,
                           "sum of singles": p.sum_of_singles, "interaction": p.interaction, "label": p.label}
-                         for p in result.pairs],
+                         for p in pairs],
                         columns=["a", "b", "joint effect", "sum of singles", "interaction", "label"])
+
+
+def judgements(result: DiscoveryResult) -> list[tuple]:
+    """(CircuitEffect, where it was judged) for the verdict boxes: in sample, then held out when there is one."""
+    chosen = len(result.circuit.prompts)
+    if result.held_out is None:
+        return [(result.circuit, "In sample: " + result.evaluation.removeprefix("in-sample only: ") + ".")]
+    held = len(result.held_out.prompts)
+    return [(result.circuit, f"In sample: judged on the {chosen} training prompt(s) the circuit was chosen on."),
+            (result.held_out, f"Out of sample: judged on the {held} held-out prompt(s) it was not chosen on.")]
 
 
 def candidates_csv(result: DiscoveryResult) -> str:

@@ -5,7 +5,13 @@
 2. verify the `verify_heads` candidates of largest |estimate| by real zero ablation, batched
           (sweep.batched_scores); the circuit is the `top_k_heads` whose ablation lowers the metric most;
 3. pairs  up to `max_pair_sweeps` pairs of circuit heads ablated together, against the sum of singles;
-4. baseline the whole circuit ablated at once, against `baseline_draws` random head sets of its size.
+4. baseline the whole circuit ablated at once, against `baseline_draws` random head sets of its size
+          (baseline.py).
+
+With a prompt set, steps 1-4 run on a training split and the circuit is judged again on the
+prompts held out of it (`holdout`, a seeded share of the set): the out-of-sample result stands
+beside the in-sample one. With one prompt there is no held-out prompt, and the result says plainly
+that its judgement is in-sample.
 
 Effects are always metric(ablated) - metric(clean): a head that pushes the model towards the target
 has a negative effect. The metric is logit(target) - logit(contrast) with a contrast, else
@@ -31,6 +37,7 @@ from ..interventions.sweep import batched_scores
 from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt
 from .attribution import METHOD, attribute_heads
+from .baseline import CircuitEffect, judge_circuit
 from .circuit import (
     EDGE_WEIGHT,
     Edge,
@@ -42,13 +49,14 @@ from .circuit import (
     random_head_sets,
 )
 
-STAGES = ("ranking", "verification", "pairs", "baseline")
+STAGES = ("ranking", "verification", "pairs", "baseline", "held_out")
 DiscoveryProgress = Callable[[str, int, int], None]  # (stage, done, total)
 TOP_K_RANGE = (1, 20)
 PAIR_RANGE = (0, 190)
 MIN_DRAWS = 20
 RHO_HEADS = 30  # Spearman's rho is taken over the (up to) 30 heads of largest |estimate|
-VERSION = 1  # bump when results of the same config would change
+VERSION = 2  # bump when results of the same config would change
+HOLDOUT = 0.5  # share of a prompt set held out of the discovery to judge its circuit out of sample
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ class DiscoveryConfig:
     max_pair_sweeps: int = 10  # pairs of circuit heads ablated together, 0-190
     verify_heads: int = 30  # candidates verified by ablation (at least top_k_heads)
     baseline_draws: int = 20  # random head sets of the circuit's size, at least 20
-    seed: int = 0  # seeds the random head sets
+    seed: int = 0  # seeds the random head sets and the train / held-out split
+    holdout: float = HOLDOUT  # share of a prompt set held out to judge the circuit (0 = judge in sample only)
     op: str = "zero"  # the ablation: head output set to 0 at every position
     version: int = VERSION
     kind: str = "discover"
@@ -109,27 +118,6 @@ class HeadEffect:
         return self.ref.name
 
 
-@dataclass(frozen=True)
-class CircuitEffect:
-    """The discovered heads ablated together, against random head sets of the same size."""
-
-    heads: tuple[HeadRef, ...]
-    metric_before: float  # clean metric, mean over prompts
-    metric_after: float  # with every circuit head ablated
-    effect: float  # metric_after - metric_before
-    effect_std: float  # spread over prompts
-    target_rate_before: float  # fraction of prompts whose top-1 next token is the target
-    target_rate_after: float
-    random_mean: float  # mean effect of the random sets (each set's effect is its mean over prompts)
-    random_std: float  # standard deviation over the draws
-    random_target_rate: float  # target rate with a random set ablated, mean over draws
-    random_effects: tuple[float, ...]  # one per draw
-    random_sets: tuple[tuple[HeadRef, ...], ...]  # the drawn sets, reproducible from the seed
-    seed: int
-    beats_random: bool  # lowers the metric by more than the random mean drop + 2 standard deviations
-    verdict: str
-
-
 @dataclass(frozen=True, eq=False)
 class DiscoveryResult:
     """What a discovery found. `heads` is the circuit, `candidates` every verified head."""
@@ -144,7 +132,8 @@ class DiscoveryResult:
     candidates: tuple[HeadEffect, ...]  # verified heads, most negative verified effect first
     heads: tuple[HeadEffect, ...]  # the circuit: the first top_k_heads candidates
     pairs: tuple[PairEffect, ...]
-    circuit: CircuitEffect
+    circuit: CircuitEffect  # judged in sample: on the prompts the circuit was chosen on (circuit.prompts)
+    held_out: CircuitEffect | None  # judged on the held-out prompts; None with one prompt (or holdout 0)
     edges: tuple[Edge, ...]
     edge_weight: str  # what an edge's weight is
     spearman_rho: float | None  # estimates vs verified effects over the top-|estimate| heads; None if undefined
@@ -155,6 +144,23 @@ class DiscoveryResult:
     method: str = METHOD
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+    @property
+    def in_sample_only(self) -> bool:
+        """True when the circuit was judged only on the prompts it was chosen on."""
+        return self.held_out is None
+
+    @property
+    def evaluation(self) -> str:
+        """How the circuit was judged, in words: in sample only, or on held-out prompts too."""
+        chosen = len(self.circuit.prompts)
+        if self.held_out is None:
+            what = "this prompt" if chosen == 1 else f"the same {chosen} prompts"
+            return (f"in-sample only: the circuit was chosen and judged on {what}; give a prompt set to judge it "
+                    "on prompts it was not chosen on")
+        held = len(self.held_out.prompts)
+        return (f"chosen on {chosen} training prompt(s) and judged on {held} held-out prompt(s): "
+                f"out of sample, {self.held_out.verdict}")
 
     def to_json(self) -> dict:
         c = self.circuit
@@ -169,7 +175,11 @@ class DiscoveryResult:
             "circuit_effect": c.effect,
             "circuit": {"heads": [ref(r) for r in c.heads], "metric_before": c.metric_before,
                         "metric_after": c.metric_after, "effect_std": c.effect_std,
-                        "beats_random": c.beats_random, "verdict": c.verdict},
+                        "beats_random": c.beats_random, "verdict": c.verdict, "interacts": c.interacts,
+                        "sum_of_singles": c.sum_of_singles},
+            "evaluation": {"in_sample_only": self.in_sample_only, "statement": self.evaluation,
+                           "in_sample": c.to_json(),
+                           "held_out": None if self.held_out is None else self.held_out.to_json()},
             "random_baseline": {"mean": c.random_mean, "std": c.random_std, "draws": len(c.random_effects),
                                 "seed": c.seed, "effects": list(c.random_effects),
                                 "target_rate": c.random_target_rate},
@@ -204,7 +214,7 @@ def _check_known(handle: ModelHandle, text: str, what: str) -> None:
 def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str | None = None,
                      contrast: str | None = None, cases=None, top_k_heads: int = 5, max_pair_sweeps: int = 10,
                      masks=(), verify_heads: int = RHO_HEADS, baseline_draws: int = MIN_DRAWS,
-                     seed: int = 0) -> DiscoveryConfig:
+                     seed: int = 0, holdout: float = HOLDOUT) -> DiscoveryConfig:
     """Validate a discovery request: one prompt with its target (and contrast), or prompt-set `cases`.
 
     Raises BadInput naming the bad value (empty prompt, unknown token, top_k out of range, ...).
@@ -227,6 +237,8 @@ def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str
     if top_k > available:
         raise BadInput(f"top_k_heads {top_k} is more than the {available} unmasked heads of the model")
     verify = _check_range("verify_heads", verify_heads, (1, 10_000))
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise BadInput(f"holdout {holdout!r} is out of range: give the share of a prompt set to hold out, 0 to <1")
     for case in cases:
         encode_prompt(handle, case.prompt)  # empty prompt
         resolve_target(handle, case.target, case.contrast)  # empty target, target == contrast
@@ -238,8 +250,18 @@ def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str
         prompts=tuple(c.prompt for c in cases), targets=tuple(c.target for c in cases),
         contrasts=tuple(c.contrast or None for c in cases), metric=prompt_set_metric(cases, None), masks=masks,
         top_k_heads=top_k, max_pair_sweeps=pairs, verify_heads=max(verify, top_k), baseline_draws=draws,
-        seed=int(seed),
+        seed=int(seed), holdout=float(holdout),
     )
+
+
+def split_cases(n: int, holdout: float, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(training, held-out) prompt indices, each in the set's order: round(n x holdout) prompts (at
+    least 1, leaving at least 1 to train on) drawn with numpy's generator seeded by `seed`; with one
+    prompt or holdout 0, every prompt trains and none is held out."""
+    if n < 2 or holdout <= 0:
+        return tuple(range(n)), ()
+    held = set(np.random.default_rng(seed).permutation(n)[:min(n - 1, max(1, round(n * holdout)))].tolist())
+    return tuple(i for i in range(n) if i not in held), tuple(sorted(held))
 
 
 def spearman(x, y) -> float | None:
@@ -263,17 +285,6 @@ def spearman(x, y) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _verdict(effect: float, mean: float, std: float, size: int, draws: int, metric: str) -> tuple[bool, str]:
-    drop, random_drop = -effect, -mean
-    beats = drop > 0 and drop > random_drop + 2 * std
-    ratio = f", {drop / random_drop:.1f}x the random mean" if random_drop > 0 else ""
-    if beats:
-        return True, (f"the circuit lowers {metric} by {drop:.3g}{ratio}; {draws} random {size}-head sets lower it "
-                      f"by {random_drop:.3g} \u00b1 {std:.3g}")
-    return False, (f"no better than random: the circuit changes {metric} by {effect:+.3g}; {draws} random "
-                   f"{size}-head sets change it by {mean:+.3g} \u00b1 {std:.3g}")
-
-
 def _effects(scores: dict, metric: str) -> np.ndarray:
     """Each row's metric minus the clean row of its own pass: (n,) float64."""
     return (scores[metric].double() - scores["clean_" + metric].double()).cpu().numpy()
@@ -286,11 +297,13 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     arch, metric, masks = handle.arch, config.metric, config.masks
     report = progress or (lambda stage, done, total: None)
     cases = config.cases
-    n = len(cases)
-    targets = [resolve_target(handle, c.target, c.contrast) for c in cases]
+    every_target = [resolve_target(handle, c.target, c.contrast) for c in cases]
     encoded = [encode_prompt(handle, c.prompt) for c in cases]
-    ids = [e[0] for e in encoded]
-    warnings = [w for e in encoded for w in e[1]] + [w for t in targets for w in t.warnings]
+    every_ids = [e[0] for e in encoded]
+    warnings = [w for e in encoded for w in e[1]] + [w for t in every_target for w in t.warnings]
+    train, held = split_cases(len(cases), config.holdout, config.seed)
+    ids, targets = [every_ids[i] for i in train], [every_target[i] for i in train]  # steps 1-4: the training split
+    n = len(train)
 
     report("ranking", 0, n)
     atts = []
@@ -312,13 +325,13 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     # metric is the first verification pass's clean row
     ivs = [Intervention(r.layer, "attn.head", config.op, r.head) for r in chosen]
     verified = np.zeros((n, len(chosen)))
-    clean, clean_top = np.zeros(n), np.zeros(n, dtype=np.int64)  # (prompt,)
+    clean = np.zeros(n)  # (prompt,)
     report("verification", 0, n)
     for i in range(n):
         prepared = prepare(handle, ids[i], ivs, OpSettings(), masks)
         scores, _ = batched_scores(handle, ids[i], prepared, targets[i], masks)
         verified[i] = _effects(scores, metric)
-        clean[i], clean_top[i] = float(scores["clean_" + metric][0]), int(scores["clean_logits"].argmax())
+        clean[i] = float(scores["clean_" + metric][0])
         report("verification", i + 1, n)
     ver_mean, ver_std = verified.mean(0), verified.std(0)
     candidates = sorted(
@@ -342,26 +355,16 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     pairs = tuple(pair_effect(a, b, joint[:, j], single[a], single[b]) for j, (a, b) in enumerate(pair_list))
 
     random_sets = random_head_sets(pool, len(circuit), config.baseline_draws, config.seed)
-    sets = [circuit, *random_sets]
-    effect = np.zeros((n, len(sets)))
-    on_target = np.zeros((n, len(sets)))
-    report("baseline", 0, n)
-    for i in range(n):
-        scores, _ = head_set_scores(handle, ids[i], sets, targets[i], masks)
-        effect[i] = _effects(scores, metric)
-        on_target[i] = (scores["top_id"] == targets[i].id).cpu().numpy()
-        report("baseline", i + 1, n)
-    rate_before = float(np.mean([int(top) == t.id for top, t in zip(clean_top, targets)]))
-    draws = effect[:, 1:].mean(0)  # (draw,)
-    beats, verdict = _verdict(float(effect[:, 0].mean()), float(draws.mean()), float(draws.std()), len(circuit),
-                              len(draws), metric)
-    circuit_effect = CircuitEffect(
-        heads=circuit, metric_before=float(clean.mean()), metric_after=float((clean + effect[:, 0]).mean()),
-        effect=float(effect[:, 0].mean()), effect_std=float(effect[:, 0].std()), target_rate_before=rate_before,
-        target_rate_after=float(on_target[:, 0].mean()), random_mean=float(draws.mean()),
-        random_std=float(draws.std()), random_target_rate=float(on_target[:, 1:].mean()),
-        random_effects=tuple(float(d) for d in draws), random_sets=tuple(random_sets), seed=config.seed,
-        beats_random=beats, verdict=verdict)
+    singles = sum(single[r] for r in circuit)
+    judge = {"circuit": circuit, "random_sets": random_sets, "metric": metric, "masks": masks, "seed": config.seed,
+             "sum_of_singles": singles, "report": report}
+    in_sample = judge_circuit(handle, ids, targets, train, stage="baseline", **judge)
+    held_out = None
+    if held:
+        held_out = judge_circuit(handle, [every_ids[i] for i in held], [every_target[i] for i in held], held,
+                                 stage="held_out", **judge)
+    else:
+        report("held_out", 0, 0)
 
     notes = []
     if any(h.verified_effect >= 0 for h in heads):
@@ -369,10 +372,13 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
                      "the target among the verified candidates")
     if masks:
         notes.append(f"{len(masked)} masked head(s) were left out of ranking, verification and the random sets")
+    if held:
+        notes.append(f"ranking, verification and pairs ran on {n} of the {len(cases)} prompts; prompts "
+                     f"{', '.join(str(i + 1) for i in held)} were held out to judge the circuit out of sample")
     return DiscoveryResult(
         model=handle.name, fingerprint=handle.fingerprint, cases=cases, metric=metric, clean=float(clean.mean()),
         estimates=estimates.astype(np.float32), estimate_std=estimate_std.astype(np.float32),
-        candidates=tuple(candidates), heads=heads, pairs=pairs, circuit=circuit_effect,
+        candidates=tuple(candidates), heads=heads, pairs=pairs, circuit=in_sample, held_out=held_out,
         edges=tuple(circuit_edges(arch, circuit)), edge_weight=EDGE_WEIGHT, spearman_rho=rho, rho_heads=len(top),
         masks=masks, rank_seconds=rank_seconds, seconds=time.perf_counter() - t0,
         notes=tuple(notes), warnings=tuple(dict.fromkeys(warnings)))

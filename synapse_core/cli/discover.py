@@ -75,7 +75,7 @@ def _discover(args):
              for h in r.heads]
     lines += [f"{p.a.short}+{p.b.short}  joint {p.joint_effect:+.3f}  sum {p.sum_of_singles:+.3f}  {p.label}"
               for p in r.pairs]
-    lines += [r.circuit.verdict,
+    lines += [r.circuit.verdict, r.evaluation,
               f"target rate {r.circuit.target_rate_before:.0%} -> {r.circuit.target_rate_after:.0%}",
               f"Spearman's rho (estimate vs verified, {r.rho_heads} heads) {rho}",
               f"ranked every head in {r.rank_seconds:.2f} s; all in {r.seconds:.1f} s; experiment {exp.hash}"

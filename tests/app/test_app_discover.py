@@ -202,16 +202,23 @@ def test_a_prompt_set_averages_over_prompts_and_shows_the_spread(tiny_folder):
     at = tiny_discover_page(tiny_folder)
     at.radio(key="discover_mode").set_value(ui_discover.PROMPT_SET).run()
     at.text_area(key="discover_lines").input("the capital of France is the city of | Paris | London\n"
-                                             "the old tower in London was a | big | small")
+                                             "the old tower in London was a | big | small\n"
+                                             "the king gave a book to the | queen | king\n"
+                                             "the dog sat on the | red | blue")
     at.slider(key="discover_top_k").set_value(3)
     at = at.button(key="discover_run_button").click().run()
     assert not at.exception and not at.error
     result = at.session_state[core.LAST_DISCOVERY].result
-    assert len(result.cases) == 2 and result.metric == "logit_diff"
+    assert len(result.cases) == 4 and result.metric == "logit_diff"
     heads = at.dataframe[0].value
     assert len(heads) == 3 and {"estimated std", "verified std"} <= set(heads)
     assert heads["verified std"].tolist() == pytest.approx([h.verified_std for h in result.heads])
-    assert any(c.value.startswith("2 prompt(s)") for c in at.caption)
+    assert any(c.value.startswith("4 prompt(s)") for c in at.caption)
+    # chosen on two prompts, judged in sample and on the two held out
+    verdicts = [box.value for box in (*at.success, *at.warning) if "sample: judged on" in box.value]
+    assert len(verdicts) == 2 and result.held_out is not None
+    assert any(v.endswith("*Out of sample: judged on the 2 held-out prompt(s) it was not chosen on.*")
+               and v.startswith(result.held_out.verdict[0].upper() + result.held_out.verdict[1:]) for v in verdicts)
 
     at.text_area(key="discover_lines").input("a line without a target")
     at = at.button(key="discover_run_button").click().run()

@@ -34,6 +34,8 @@ PROMPT = "the cat sat on the mat and the dog ran to the"
 TARGET, CONTRAST = "cat", "dog"
 CASES = (PromptCase(PROMPT, TARGET, CONTRAST),
          PromptCase("a bird and a fish swam in the blue sea and the", "bird", "fish"))
+SET_OF_FOUR = CASES + (PromptCase("the red cat and the blue dog sat on the mat and the", "cat", "dog"),
+                       PromptCase("the sun and the moon were up in the sky and the", "sun", "moon"))
 
 
 def zero(ref: HeadRef) -> Intervention:
@@ -229,6 +231,8 @@ def test_head_set_scores_batched_equal_one_pass_per_set(llama):
 
 def test_verdict_says_when_the_circuit_is_no_better_than_random(result):
     c = result.circuit
+    assert c.sum_of_singles == pytest.approx(sum(h.verified_effect for h in result.heads))
+    assert c.interacts == (c.effect * c.sum_of_singles < 0 and min(abs(c.effect), abs(c.sum_of_singles)) > c.random_std)
     assert c.beats_random == (-c.effect > 0 and -c.effect > -c.random_mean + 2 * c.random_std)
     assert c.verdict.startswith("no better than random") != c.beats_random
 
@@ -248,7 +252,7 @@ def test_edges_join_heads_of_different_layers_weighted_by_max_composition(llama)
 
 
 def test_prompt_set_effects_are_means_with_their_spread(llama):
-    config = discovery_config(llama, cases=CASES, top_k_heads=2, max_pair_sweeps=1)
+    config = discovery_config(llama, cases=CASES, top_k_heads=2, max_pair_sweeps=1, holdout=0)  # all prompts train
     both = discover(llama, config)
     singles = [discover(llama, discovery_config(llama, c.prompt, c.target, c.contrast, top_k_heads=2)) for c in CASES]
     assert both.metric == "logit_diff" and len(both.cases) == 2
@@ -264,7 +268,8 @@ def test_prompt_set_effects_are_means_with_their_spread(llama):
 
 
 def test_prompt_set_without_contrasts_ranks_log_prob(llama):
-    config = discovery_config(llama, cases=(PromptCase(PROMPT, TARGET), CASES[1]), top_k_heads=1, max_pair_sweeps=0)
+    config = discovery_config(llama, cases=(PromptCase(PROMPT, TARGET), CASES[1]), top_k_heads=1, max_pair_sweeps=0,
+                              holdout=0)
     assert config.metric == "log_prob"
     r = discover(llama, config)
     h = r.candidates[0]
@@ -274,7 +279,7 @@ def test_prompt_set_without_contrasts_ranks_log_prob(llama):
 
 def test_progress_reports_every_stage_in_order(llama):
     calls = []
-    config = discovery_config(llama, cases=CASES, top_k_heads=2, max_pair_sweeps=1)
+    config = discovery_config(llama, cases=SET_OF_FOUR, top_k_heads=2, max_pair_sweeps=1)  # 2 train, 2 held out
     discover(llama, config, progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert [s for s in dict.fromkeys(stage for stage, _, _ in calls)] == list(STAGES)
     for stage in STAGES:
@@ -387,3 +392,57 @@ def test_verified_effects_take_the_clean_run_from_their_own_batched_pass(tiny, m
     assert by_name[HeadRef(1, 3)].verified_effect == 0.0
     clean = ablate(handle, PROMPT, TARGET, [zero(HeadRef(1, 3))], CONTRAST).clean.logit_diff
     assert r.clean == pytest.approx(clean, abs=1e-5) and r.circuit.metric_before == pytest.approx(clean, abs=1e-5)
+
+
+# ---- judged out of sample; interacting heads ------------------------------------------------------
+
+
+def test_split_cases_holds_out_a_seeded_share_and_keeps_one_to_train():
+    from synapse_core.analysis.discovery import split_cases
+
+    assert split_cases(1, 0.5, 0) == ((0,), ())
+    assert split_cases(5, 0.0, 0) == ((0, 1, 2, 3, 4), ())
+    train, held = split_cases(10, 0.5, 3)
+    assert len(held) == 5 and sorted(train + held) == list(range(10)) and (train, held) == split_cases(10, 0.5, 3)
+    assert split_cases(10, 0.5, 4) != (train, held)
+    assert len(split_cases(2, 0.9, 0)[0]) == 1  # never everything held out
+
+
+def test_a_prompt_set_is_discovered_on_a_training_split_and_judged_on_the_held_out_prompts(llama):
+    config = discovery_config(llama, cases=SET_OF_FOUR, top_k_heads=2, max_pair_sweeps=1)
+    r = discover(llama, config)
+    train, held = r.circuit.prompts, r.held_out.prompts
+    assert len(train) == len(held) == 2 and sorted(train + held) == [0, 1, 2, 3]
+    # ranking used the training prompts only
+    alone = [attribute_heads(llama, encode_prompt(llama, SET_OF_FOUR[i].prompt)[0],
+                             resolve_target(llama, SET_OF_FOUR[i].target, SET_OF_FOUR[i].contrast), "logit_diff")
+             for i in train]
+    assert np.allclose(r.estimates, np.mean([a.estimates.numpy() for a in alone], axis=0), atol=1e-5)
+    # the held-out judgement is a real joint ablation of the circuit on the held-out prompts
+    joint = [ablate(llama, SET_OF_FOUR[i].prompt, SET_OF_FOUR[i].target, [zero(ref) for ref in r.circuit.heads],
+                    SET_OF_FOUR[i].contrast).delta("logit_diff") for i in held]
+    assert r.held_out.effect == pytest.approx(np.mean(joint), abs=1e-4)
+    assert r.held_out.heads == r.circuit.heads and r.held_out.random_sets == r.circuit.random_sets
+    assert not r.in_sample_only and "held-out prompt(s): out of sample" in r.evaluation
+    out = r.to_json()["evaluation"]
+    assert out["in_sample_only"] is False and out["held_out"]["prompts"] == list(held)
+    assert out["held_out"]["effect"] == r.held_out.effect and out["in_sample"]["prompts"] == list(train)
+
+
+def test_one_prompt_says_plainly_that_its_judgement_is_in_sample(result):
+    assert result.in_sample_only and result.held_out is None
+    assert result.evaluation.startswith("in-sample only: the circuit was chosen and judged on this prompt")
+    out = result.to_json()["evaluation"]
+    assert out["in_sample_only"] is True and out["held_out"] is None and out["statement"] == result.evaluation
+
+
+def test_a_circuit_that_raises_the_metric_though_each_head_lowers_it_is_called_interacting():
+    from synapse_core.analysis.baseline import verdict
+
+    beats, interacts, words = verdict(+3.96, -0.4, 0.3, 3, 20, "logit_diff", sum_of_singles=-2.1)
+    assert not beats and interacts
+    assert words.startswith("the heads interact: ablated together these 3 heads raise logit_diff by 3.96, the "
+                            "opposite of what they do alone")
+    assert "no better than random" not in words
+    assert verdict(-3.0, -0.4, 0.3, 3, 20, "logit_diff", sum_of_singles=-2.1)[:2] == (True, False)
+    assert verdict(+0.1, -0.4, 0.3, 3, 20, "logit_diff", sum_of_singles=-2.1)[1] is False  # within the noise
