@@ -306,7 +306,8 @@ def experiment_url(key: str | None) -> str | None:
     return None
 
 
-MASK_COLUMNS = ["head", "level", "reason", "experiment", "effect", "prompt", "target", "at", "by", "source"]
+# who and when before the long text columns, so they stay in view on a 1400 px window
+MASK_COLUMNS = ["head", "level", "by", "at", "reason", "experiment", "effect", "prompt", "target", "source"]
 
 
 def mask_table(entries, links: bool = True) -> pd.DataFrame:
