@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -80,6 +81,8 @@ def _trace(args):
 
     if not args.prompt.strip():
         raise BadInput("the prompt is empty: give --prompt some text")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise BadInput(f"--temperature {args.temperature} must be a number, 0 or more (0 = greedy)")
     handle = load(args)
     masks = run_masks(args, handle)
     result = trace(handle, args.prompt, args.max_new_tokens, masks=masks,

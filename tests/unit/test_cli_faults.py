@@ -53,6 +53,12 @@ def test_a_non_utf8_prompts_file_is_refused(tmp_path, capsys, name):
     assert "is not UTF-8 text" in _one_error_line(code, err)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_temperature_that_is_not_a_number_from_0_is_refused(capsys, value):
+    code, _, err = _run(capsys, "trace", "--model", "nowhere", "--prompt", "p", "--temperature", value)
+    assert _one_error_line(code, err).startswith(f"error: --temperature {float(value)} must be a number, 0 or more")
+
+
 def test_zero_batch_rows_is_refused_not_replaced(capsys):
     code, _, err = _run(capsys, "sweep", "--model", "nowhere", "--prompt", "p", "--target", "x", "--batch-rows", "0")
     assert _one_error_line(code, err) == "error: --batch-rows 0 must be at least 1"
