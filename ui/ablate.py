@@ -146,8 +146,8 @@ def show_experiment(exp: Experiment, prefix: str) -> None:
 
 
 def share_url(key: str, kind: str) -> str:
-    """The link that opens an experiment: traces and discoveries on their own pages, the rest on the Ablate page."""
-    if kind in ("discover", "trace"):  # drawn on their own pages
+    """The link that opens an experiment: traces, discoveries and graphs on their own pages, the rest on Ablate."""
+    if kind in ("discover", "trace", "graph"):  # drawn on their own pages
         return f"{kind}?experiment={key}"
     return core.experiment_url(key) or f"history?experiment={key}"
 

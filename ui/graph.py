@@ -85,8 +85,8 @@ def edit_supernodes(action: str) -> None:
     except SynapseError as exc:
         st.session_state[REPORT] = ("error", str(exc))
     else:
-        st.session_state[REPORT] = ("success", f"Supernodes {action}: stored with experiment "
-                                               f"{st.session_state[GRAPH_RUN].key}.")
+        key = st.session_state[GRAPH_RUN].key
+        st.session_state[REPORT] = ("success", f"Supernodes {action}: stored with experiment {key}.")
 
 
 def quarantine(handle) -> None:
@@ -108,13 +108,13 @@ def quarantine(handle) -> None:
 def summary_cards(g: AttributionGraph) -> list[dict]:
     rho = "n/a" if g.rho is None else f"{g.rho:.2f}"
     return [
-        dict(label=g.output_label, value=f"{g.output_value:+.3f}"),
-        dict(label="completeness error (output)", value=f"{g.completeness_error:.1e}",
-             help="|direct inputs of the output + its constant − the real model's value|; the worst node: "
-                  f"{g.worst_node_error:.1e} ({g.worst_node})"),
-        dict(label="replacement / completeness score", value=f"{g.replacement_score:.2f} / {g.completeness_score:.2f}",
-             help="circuit-tracer's scores: 1.0 when MLP blocks are whole nodes (no error nodes)"),
-        dict(label=f"Spearman's rho, claimed vs measured ({len(g.claims)} nodes)", value=rho),
+        {"label": g.output_label, "value": f"{g.output_value:+.3f}"},
+        {"label": "completeness error (output)", "value": f"{g.completeness_error:.1e}",
+             "help": "|direct inputs of the output + its constant − the real model's value|; the worst node: "
+                  f"{g.worst_node_error:.1e} ({g.worst_node})"},
+        {"label": "replacement / completeness score", "value": f"{g.replacement_score:.2f} / {g.completeness_score:.2f}",
+             "help": "circuit-tracer's scores: 1.0 when MLP blocks are whole nodes (no error nodes)"},
+        {"label": f"Spearman's rho, claimed vs measured ({len(g.claims)} nodes)", "value": rho},
     ]
 
 

@@ -58,10 +58,10 @@ def _graph(args):
     payload = dict(g.to_json(), experiment=exp.hash, from_cache=exp.from_cache)
     rho = "n/a" if g.rho is None else f"{g.rho:.2f}"
     top = sorted(g.nodes, key=lambda n: -n.influence)[:10]
-    lines = [f"{g.output_label} = {g.output_value:+.4f} (direct inputs + constant: completeness error "
-             f"{g.completeness_error:.1e}; worst node {g.worst_node_error:.1e})",
-             f"{len(g.nodes)} of {g.n_nodes} nodes, {len(g.edges)} of {g.n_edges} edges kept; replacement score "
-             f"{g.replacement_score:.3f}, completeness score {g.completeness_score:.3f}",
+    lines = [(f"{g.output_label} = {g.output_value:+.4f} (direct inputs + constant: completeness error "
+              f"{g.completeness_error:.1e}; worst node {g.worst_node_error:.1e})"),
+             (f"{len(g.nodes)} of {g.n_nodes} nodes, {len(g.edges)} of {g.n_edges} edges kept; replacement score "
+              f"{g.replacement_score:.3f}, completeness score {g.completeness_score:.3f}"),
              *(f"  {n.label:<16} value {n.value:+.3f}  influence {n.influence:.3f}" for n in top),
              f"claims vs real ablation: Spearman's rho over {len(g.claims)} nodes {rho}",
              f"experiment {exp.hash}" + (" (from the store)" if exp.from_cache else "")]

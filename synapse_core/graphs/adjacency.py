@@ -130,7 +130,7 @@ def build_adjacency(handle: ModelHandle, run: FrozenRun) -> Adjacency:
     """Every node's value, constant and incoming edges for one prompt's frozen model."""
     arch = handle.arch
     layout = check_size(handle, run.n_pos)
-    n_pos, n_heads, d_model = run.n_pos, arch.n_heads, arch.d_model
+    n_pos, d_model = run.n_pos, arch.d_model
     g_x, g_h = output_gradients(handle, run)
     keep = head_keep(handle, run)
     weights = [arch.head_weights(layer) for layer in range(arch.n_layers)]

@@ -103,11 +103,12 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
     prompt_ids = run.ids.tolist()
     tokens = token_strings(handle, prompt_ids)
     names = _node_ids(adj, prompt_ids, tgt.id)
-    values, layers, heads, positions = adj.values.tolist(), adj.layers.tolist(), adj.heads.tolist(), adj.positions.tolist()
+    kinds, values, layers = adj.kinds, adj.values.tolist(), adj.layers.tolist()
+    heads, positions = adj.heads.tolist(), adj.positions.tolist()
     infl_list, cum_list = infl.tolist(), cumulative.tolist()
 
     def node(i: int) -> Node:
-        kind = adj.kinds[i]
+        kind = kinds[i]
         return Node(id=names[i], kind=kind, layer=None if kind == "token" else layers[i],
                     head=heads[i] if kind == "head" else None, feature=None, position=positions[i],
                     token=tgt.token if kind == "logit" else tokens[positions[i]], value=values[i],

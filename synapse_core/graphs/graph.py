@@ -150,14 +150,14 @@ class AttributionGraph:
             "output_value": self.output_value, "output_constant": self.output_constant,
             "nodes": [_node_json(n) for n in self.nodes],
             "edges": [dataclasses.asdict(e) for e in self.edges],
-            "logit_inputs": [dict(id=n.id, kind=n.kind, layer=n.layer, head=n.head, position=n.position, weight=w)
+            "logit_inputs": [{"id": n.id, "kind": n.kind, "layer": n.layer, "head": n.head, "position": n.position, "weight": w}
                              for n, w in self.logit_inputs],
             "completeness_error": self.completeness_error, "worst_node_error": self.worst_node_error,
             "worst_node": self.worst_node, "replacement_score": self.replacement_score,
             "completeness_score": self.completeness_score, "n_nodes": self.n_nodes, "n_edges": self.n_edges,
             "node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
             "claims": [dataclasses.asdict(c) for c in self.claims], "rho": self.rho,
-            "supernodes": [dict(name=s.name, members=list(s.members)) for s in self.supernodes],
+            "supernodes": [{"name": s.name, "members": list(s.members)} for s in self.supernodes],
             "seconds": dict(self.seconds), "warnings": list(self.warnings),
         }
 
@@ -167,8 +167,8 @@ class AttributionGraph:
 
 
 def _node_json(n: Node) -> dict:
-    return dict(id=n.id, kind=n.kind, layer=n.layer, head=n.head, feature=n.feature, position=n.position,
-                token=n.token, value=n.value, influence=n.influence, cumulative=n.cumulative)
+    return {"id": n.id, "kind": n.kind, "layer": n.layer, "head": n.head, "feature": n.feature, "position": n.position,
+                "token": n.token, "value": n.value, "influence": n.influence, "cumulative": n.cumulative}
 
 
 def with_thresholds(graph: AttributionGraph, node_threshold: float, edge_threshold: float) -> AttributionGraph:
@@ -202,11 +202,11 @@ def circuit_tracer_json(graph: AttributionGraph, slug: str = "synapse-graph") ->
     for n in graph.nodes:
         layer = "E" if n.kind == "token" else str(n.layer)
         feature = {"token": n.position, "head": n.head, "feature": n.feature, "logit": graph.target_id}.get(n.kind, -1)
-        nodes.append(dict(
-            node_id=n.id, feature=feature, layer=layer, ctx_idx=n.position, feature_type=types[n.kind],
-            token_prob=0.0, is_target_logit=n.kind == "logit", run_idx=0, reverse_ctx_idx=0, jsNodeId=n.id,
-            clerp=f"Output {graph.output_label} = {graph.output_value:.3f}" if n.kind == "logit" else n.label,
-            influence=n.cumulative, activation=n.value))
+        nodes.append({
+            "node_id": n.id, "feature": feature, "layer": layer, "ctx_idx": n.position, "feature_type": types[n.kind],
+            "token_prob": 0.0, "is_target_logit": n.kind == "logit", "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": n.id,
+            "clerp": f"Output {graph.output_label} = {graph.output_value:.3f}" if n.kind == "logit" else n.label,
+            "influence": n.cumulative, "activation": n.value})
     links = [dataclasses.asdict(e) for e in graph.edges]
     return {
         "metadata": {"slug": slug, "scan": graph.model, "transcoder_list": [], "prompt_tokens": list(graph.prompt_tokens),
