@@ -3,6 +3,11 @@ and MLP. A family is a row in FAMILIES, not a branch in every function.
 
 The head's output ("z") is always read as the input of the attention output projection, laid out
 (batch, pos, head * d_head) with head-major order, which holds for every family listed here.
+
+What a block writes into the residual stream is the output projection's (the MLP's) output in most
+families; Gemma 2 and 3 normalise it again first (post_attention_layernorm,
+post_feedforward_layernorm). `attn_write` and `mlp_write` name the module whose output is added to
+the stream, so the attn.out and mlp.out sites are the written values in every family.
 """
 from __future__ import annotations
 
@@ -25,17 +30,21 @@ class Family:
     qkv: tuple[str, ...]  # names of q/k/v projections in the attention module, or one fused name
     qkv_layout: str = "separate"  # separate | fused_concat | fused_conv1d | fused_per_head
     out_layout: str = "linear"  # linear (weight: d_model x heads*d_head) | conv1d (transposed)
+    attn_post_norm: str | None = None  # attribute of a block normalising the attention output before the add
+    mlp_post_norm: str | None = None  # ... and the MLP output
 
 
 _LLAMA_LIKE = Family("model.layers", "self_attn", "o_proj", "mlp", ("q_proj", "k_proj", "v_proj"))
+_GEMMA_POST_NORMED = Family("model.layers", "self_attn", "o_proj", "mlp", ("q_proj", "k_proj", "v_proj"),
+                            attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
 
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _GEMMA_POST_NORMED,
+    "gemma3_text": _GEMMA_POST_NORMED,
     "phi3": Family("model.layers", "self_attn", "o_proj", "mlp", ("qkv_proj",), "fused_concat"),
     "gpt2": Family("transformer.h", "attn", "c_proj", "mlp", ("c_attn",), "fused_conv1d", "conv1d"),
     "gpt_neox": Family("gpt_neox.layers", "attention", "dense", "mlp", ("query_key_value",), "fused_per_head"),
@@ -59,6 +68,8 @@ class Architecture:
     out_proj: tuple[nn.Module, ...]
     mlp: tuple[nn.Module, ...]
     row: Family
+    attn_write: tuple[nn.Module, ...] = ()  # per layer: the module whose output the attention adds to the stream
+    mlp_write: tuple[nn.Module, ...] = ()  # ... and the MLP (the post-norm where the family has one)
 
     def check_head(self, layer: int, head: int) -> None:
         from ..common.errors import BadInput
@@ -116,6 +127,8 @@ def discover(model: nn.Module) -> Architecture:
         attn = tuple(getattr(block, row.attn) for block in layers)
         out_proj = tuple(getattr(a, row.out_proj) for a in attn)
         mlp = tuple(getattr(block, row.mlp) for block in layers)
+        attn_write = tuple(getattr(block, row.attn_post_norm) for block in layers) if row.attn_post_norm else out_proj
+        mlp_write = tuple(getattr(block, row.mlp_post_norm) for block in layers) if row.mlp_post_norm else mlp
     except AttributeError as exc:
         raise UnsupportedModel(f"{family} model does not have the expected module layout ({exc})") from exc
     n_heads = config.num_attention_heads
@@ -140,4 +153,6 @@ def discover(model: nn.Module) -> Architecture:
         out_proj=out_proj,
         mlp=mlp,
         row=row,
+        attn_write=attn_write,
+        mlp_write=mlp_write,
     )

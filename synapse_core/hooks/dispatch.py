@@ -9,8 +9,9 @@ own interventions. Handles are removed in `finally` when the last block on the m
 Sites, per layer L (names as in `layers.L.<site>`):
   attn.z        head outputs, the input of the output projection   # (batch, pos, head, d_head)
   attn.pattern  attention probabilities                            # (batch, head, q_pos, k_pos)
-  attn.out      attention block output (after the projection)      # (batch, pos, d_model)
-  mlp.out       MLP block output                                   # (batch, pos, d_model)
+  attn.out      what the attention block adds to the residual stream (the projection's output,
+                post-normed in Gemma 2 and 3: arch.attn_write)     # (batch, pos, d_model)
+  mlp.out       what the MLP adds to the residual stream (arch.mlp_write)  # (batch, pos, d_model)
   resid.post    residual stream after the layer                    # (batch, pos, d_model)
 A site function takes the tensor and returns a replacement or None (keep it). Functions run in
 the order given; a hooks() block opened inside another adds its functions after the outer
@@ -102,8 +103,8 @@ class _Dispatch:
             return hook
 
         self.handles.append(arch.out_proj[layer].register_forward_pre_hook(z_hook))
-        self.handles.append(arch.out_proj[layer].register_forward_hook(out_hook("attn.out")))
-        self.handles.append(arch.mlp[layer].register_forward_hook(out_hook("mlp.out")))
+        self.handles.append(arch.attn_write[layer].register_forward_hook(out_hook("attn.out")))
+        self.handles.append(arch.mlp_write[layer].register_forward_hook(out_hook("mlp.out")))
         self.handles.append(arch.layers[layer].register_forward_hook(out_hook("resid.post")))
 
     def remove(self) -> None:

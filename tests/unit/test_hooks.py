@@ -287,3 +287,15 @@ def test_a_read_only_pattern_function_may_not_edit(llama, tiny):
         with torch.no_grad(), hooks(llama.model, llama.arch, {(0, "attn.pattern"): [edits]}):
             llama.model(tiny.sample_ids())
     assert active_handle_count(llama.model) == 0
+
+
+def test_attn_out_and_mlp_out_are_what_the_block_writes_into_the_residual_stream(handle, tiny):
+    """resid.post(L) = resid.post(L - 1) + attn.out(L) + mlp.out(L) in every family, Gemma 2 and 3's
+    post-norms included: steering or mean-ablating these sites edits exactly what is added."""
+    seen = {}
+    fns = {(layer, site): [lambda t, k=(layer, site): seen.__setitem__(k, t.clone())]
+           for layer in range(handle.arch.n_layers) for site in ("attn.out", "mlp.out", "resid.post")}
+    with torch.no_grad(), hooks(handle.model, handle.arch, fns):
+        handle.model(tiny.sample_ids())
+    written = seen[(1, "attn.out")] + seen[(1, "mlp.out")]
+    torch.testing.assert_close(seen[(1, "resid.post")], seen[(0, "resid.post")] + written, atol=1e-5, rtol=1e-5)
