@@ -19,6 +19,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 from ..arch.spec import MASK_LEVELS
+from ..common.errors import SynapseError
 from ..common.files import atomic_write_json, read_json
 from .catalog import Catalog, CatalogRow, build_catalog, catalog_rows, thought_path_edges
 from .changeevents import apply_changes, table_layers, tag_changes
@@ -218,7 +219,10 @@ class Governance:
         entries = change.added if op == "add" else change.removed
         changed = tuple(e.short for e in entries)
         local = f"{verb} {_heads(entries)}." if entries else f"Nothing to change: {action} left the list as it was."
-        delivery = self.deliver()
+        try:
+            delivery = self.deliver()
+        except SynapseError as exc:  # the change is made and queued: report, never fail half-done
+            delivery = Delivery((), tuple(self.outbox.pending(self.identity)), str(exc))
         pending = len(delivery.pending)
         if not self.config:
             tail = f" Embedded mode: {pending} change(s) kept in the outbox for a future OpenMetadata sync." \

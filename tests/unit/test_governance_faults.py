@@ -187,3 +187,19 @@ def test_json_files_written_by_the_store_stay_readable(store):
     gov.quarantine(["1.1"], reason="r")
     assert json.loads(_file(store, ".outbox.json").read_text())["items"][0]["entry"]["layer"] == 1
     assert not _file(store, ".intent").exists()
+
+
+def test_a_change_whose_delivery_fails_oddly_is_still_one_outcome(store, monkeypatch):
+    from synapse_core.common.errors import BadInput
+    from synapse_core.governance.omconfig import OMConfig
+
+    gov = Governance(TINY, OMConfig("http://127.0.0.1:9", "token"), store=store, user="alice")
+
+    def broken():
+        raise BadInput("the model's name cannot name a catalog")
+
+    monkeypatch.setattr(gov, "catalog", broken)
+    monkeypatch.setattr(gov, "client", lambda: type("C", (), {"close": lambda self: None})())
+    report = gov.quarantine(["1.1"], reason="r")  # old code: the error escaped after the change was made
+    assert "cannot name a catalog" in report.error and report.pending == 1
+    assert [m.short for m in gov.masks()] == ["1.1"]
