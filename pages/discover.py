@@ -2,7 +2,7 @@
 import streamlit as st
 from streamlit_agraph import agraph
 
-from synapse_core.analysis.discovery import MIN_DRAWS, PAIR_RANGE, RHO_HEADS, TOP_K_RANGE, discovery_config
+from synapse_core.analysis.discovery import MIN_DRAWS, PAIR_RANGE, TOP_K_RANGE, discovery_config
 from synapse_core.common.errors import SynapseError
 from ui import core
 from ui import discover as ud
@@ -12,6 +12,8 @@ st.caption("Name an output you do not want; every head is ranked by attribution 
            "backward pass), the strongest are verified by real ablation, and the circuit is tested against random "
            "head sets. Effect = metric after ablation − before: negative means the head pushes toward the target.")
 handle = core.require_model()
+ud.set_defaults(st.session_state)
+ud.open_link()  # a ?experiment= link: its result, and its inputs in the widgets below
 
 mode = st.radio("Input", [ud.SINGLE, ud.PROMPT_SET], horizontal=True, key="discover_mode")
 if mode == ud.SINGLE:
@@ -29,14 +31,14 @@ else:
                          placeholder='When Mary and John went to the store, John gave a drink to | " Mary" | " John"')
     upload = st.file_uploader("… or a CSV with columns prompt, target[, contrast]", type="csv", key="discover_csv")
 k_col, pair_col = st.columns(2)
-top_k = k_col.slider("Heads in the circuit (top_k_heads)", *TOP_K_RANGE, value=5, key="discover_top_k")
-max_pairs = pair_col.slider("Pairs ablated together (max_pair_sweeps)", *PAIR_RANGE, value=10, key="discover_pairs")
+top_k = k_col.slider("Heads in the circuit (top_k_heads)", *TOP_K_RANGE, key="discover_top_k")
+max_pairs = pair_col.slider("Pairs ablated together (max_pair_sweeps)", *PAIR_RANGE, key="discover_pairs")
 with st.expander("Verification and random baseline"):
     verify_col, draws_col, seed_col = st.columns(3)
-    verify = verify_col.number_input("Candidates verified by ablation", min_value=1, value=RHO_HEADS,
+    verify = verify_col.number_input("Candidates verified by ablation", min_value=1,
                                      key="discover_verify", help="Spearman's rho is taken over the top 30 of them")
-    draws = draws_col.number_input("Random head sets", min_value=MIN_DRAWS, value=MIN_DRAWS, key="discover_draws")
-    seed = seed_col.number_input("Seed of the random sets", min_value=0, value=0, key="discover_seed")
+    draws = draws_col.number_input("Random head sets", min_value=MIN_DRAWS, key="discover_draws")
+    seed = seed_col.number_input("Seed of the random sets", min_value=0, key="discover_seed")
 
 if st.button("Run", key="discover_run_button", type="primary"):
     bar = st.progress(0.0, text="checking the request")
@@ -52,8 +54,6 @@ if st.button("Run", key="discover_run_button", type="primary"):
         core.show_error(exc)
     finally:
         bar.empty()
-
-core.open_shared_link(ud.OPENED_LINK, core.LAST_DISCOVERY, ud.reopen)
 
 run = st.session_state.get(core.LAST_DISCOVERY)
 if not isinstance(run, ud.DiscoveryRun):

@@ -11,7 +11,8 @@ st.title("Trace")
 handle = core.require_model()
 
 prompt = st.text_area("Prompt", key="trace_prompt", placeholder="The Eiffel Tower is in the city of")
-max_new = st.number_input("Max new tokens", min_value=1, max_value=256, value=20, key="trace_max_new")
+st.session_state.setdefault("trace_max_new", 20)  # no value=: the guided demo sets it through session state
+max_new = st.number_input("Max new tokens", min_value=1, max_value=256, key="trace_max_new")
 with st.expander("Sampling (default: greedy)"):
     temperature = st.number_input("Temperature (0 = greedy)", min_value=0.0, max_value=5.0, value=0.0,
                                   step=0.1, key="trace_temperature")

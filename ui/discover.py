@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 from streamlit_agraph import Config, Edge, Node
 
-from synapse_core.analysis.discovery import STAGES, DiscoveryResult
+from synapse_core.analysis.discovery import MIN_DRAWS, RHO_HEADS, STAGES, DiscoveryResult
 from synapse_core.common import settings
 from synapse_core.common.errors import BadInput, SynapseError
 from synapse_core.experiments.discoveries import run_discovery
@@ -52,13 +52,55 @@ def run(handle, config, progress) -> DiscoveryRun:
 def reopen(key: str) -> DiscoveryRun:
     """The stored discovery of a `?experiment=` link; BadInput when none is stored under `key` or it is
     another kind of experiment, StoreError when it cannot be read."""
+    return _reopen(key)[0]
+
+
+def _reopen(key: str):
     exp = load_experiment(core.result_store(str(settings.subdir("results"))), key)
     if exp is None:
         raise BadInput(f"no experiment {key} is stored here: it was deleted, or made on another machine")
     if not isinstance(exp.result, DiscoveryResult):
         raise BadInput(f"experiment {key} is a {exp.config.kind}, not a discovery: open it on the History page")
     outdated = (exp.engine or "before versions were kept") if exp.outdated else ""
-    return DiscoveryRun(exp.result, exp.hash, not outdated, tuple(exp.notes), outdated)
+    return DiscoveryRun(exp.result, exp.hash, not outdated, tuple(exp.notes), outdated), exp.config
+
+
+# The page's input widgets and their defaults. Their values live in session state only (no value=):
+# the guided demo and a share link write them, and a widget default also set through session state
+# makes Streamlit log a warning.
+INPUT_DEFAULTS = {"discover_top_k": 5, "discover_pairs": 10, "discover_verify": RHO_HEADS,
+                  "discover_draws": MIN_DRAWS, "discover_seed": 0}
+
+
+def set_defaults(state) -> None:
+    for key, value in INPUT_DEFAULTS.items():
+        state.setdefault(key, value)
+
+
+def inputs_of(config) -> dict:
+    """Widget values that ask for the discovery `config` describes: what a share link puts back."""
+    one = len(config.prompts) == 1
+    inputs = {"discover_mode": SINGLE if one else PROMPT_SET, "discover_top_k": config.top_k_heads,
+              "discover_pairs": config.max_pair_sweeps, "discover_verify": config.verify_heads,
+              "discover_draws": config.baseline_draws, "discover_seed": config.seed}
+    if one:
+        inputs.update(discover_prompt=config.prompts[0], discover_target=config.targets[0],
+                      discover_contrast=config.contrasts[0] or "")
+    else:  # quoted fields keep their leading spaces
+        inputs["discover_lines"] = "\n".join(
+            f'{p} | "{t}"' + (f' | "{c}"' if c else "") for p, t, c in zip(config.prompts, config.targets,
+                                                                      config.contrasts))
+    return inputs
+
+
+def open_link() -> None:
+    """Show the discovery of a `?experiment=` link (once per link) with the inputs that made it in the
+    widgets. Call before the widgets are drawn: their values cannot change after that in a run."""
+    def reopen_with_inputs(key: str) -> DiscoveryRun:
+        found, config = _reopen(key)
+        st.session_state.update(inputs_of(config))
+        return found
+    core.open_shared_link(OPENED_LINK, core.LAST_DISCOVERY, reopen_with_inputs)
 
 
 def cases(lines: str, upload) -> tuple[PromptCase, ...]:

@@ -112,6 +112,10 @@ def test_a_share_link_reopens_the_stored_discovery_and_a_later_run_replaces_it()
     assert not linked.exception and not linked.error
     assert linked.session_state[core.LAST_DISCOVERY].key == key and len(linked.dataframe[0].value) == 5
     assert linked.success[0].value.startswith(f"Answered from the store · experiment `{key}`")
+    # the inputs that made it are back in the widgets, not empty beside the stored result
+    assert (linked.text_area(key="discover_prompt").value, linked.text_input(key="discover_target").value,
+            linked.text_input(key="discover_contrast").value) == (IOI, TARGET, CONTRAST)
+    assert (linked.slider(key="discover_top_k").value, linked.slider(key="discover_pairs").value) == (5, 3)
     linked.number_input(key="discover_verify").set_value(5)
     linked = run_ioi(linked, top_k=2, pairs=1)  # a new run is shown, not replaced by the link again
     assert not linked.error and len(linked.dataframe[0].value) == 2
