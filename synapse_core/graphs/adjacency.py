@@ -108,7 +108,11 @@ class Adjacency:
 
     def completeness_errors(self) -> torch.Tensor:
         """(node,) |incoming edges + constant - value|: 0 up to float rounding when the graph is exact."""
-        return (self.matrix.sum(1, dtype=torch.float64) + self.constants.double() - self.values.double()).abs().float()
+        rows = torch.cat([self.matrix[r:r + 1024].double().sum(1) for r in range(0, self.matrix.shape[0], 1024)])
+        return (rows + self.constants.double() - self.values.double()).abs().float()
+
+    def count_edges(self) -> int:
+        return sum(int(torch.count_nonzero(self.matrix[r:r + 1024])) for r in range(0, self.matrix.shape[0], 1024))
 
 
 def _index(layout: Layout) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor, torch.Tensor]:

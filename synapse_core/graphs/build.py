@@ -124,7 +124,7 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
         model=handle.name, fingerprint=handle.fingerprint, prompt=prompt, prompt_tokens=tuple(tokens),
         prompt_ids=tuple(prompt_ids), target=tgt.token, target_id=tgt.id, contrast=tgt.contrast_token,
         contrast_id=tgt.contrast_id, output_value=run.output, n_layers=handle.arch.n_layers, n_nodes=n,
-        n_edges=int(torch.count_nonzero(adj.matrix)), completeness_error=float(errors[-1]),
+        n_edges=adj.count_edges(), completeness_error=float(errors[-1]),
         worst_node_error=float(errors[worst]), worst_node=names[worst], output_constant=float(adj.constants[-1]),
         replacement_score=replacement, completeness_score=completeness,
         logit_inputs=tuple((node(i), float(adj.matrix[-1, i])) for i in inputs),

@@ -50,14 +50,15 @@ def influence(matrix: torch.Tensor, weights: torch.Tensor, levels: tuple[int, ..
             current = current @ norm
             total += current
         raise BadInput("the adjacency has a cycle: influence does not converge")
-    reach = weights.clone().float()  # w + influence, final for a level once every later level is done
+    # Levels from the output down: a level's targets are all in later levels, so once those have passed
+    # on their share its w + influence is final, and it passes its own share to every earlier node. Each
+    # step reads one contiguous block of rows of A.
     out = torch.zeros(n)
-    for i in reversed(range(len(levels) - 1)):
+    for i in reversed(range(1, len(levels) - 1)):
         lo, hi = levels[i], levels[i + 1]
-        if hi >= n:
-            continue
-        out[lo:hi] = (reach[hi:] * scales[hi:]) @ matrix[hi:, lo:hi].abs()
-        reach[lo:hi] += out[lo:hi]
+        reach = (weights[lo:hi] + out[lo:hi]) * scales[lo:hi]
+        if bool(reach.any()):
+            out[:lo] += reach @ matrix[lo:hi, :lo].abs()
     return out
 
 
