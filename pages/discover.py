@@ -106,7 +106,8 @@ st.dataframe(ud.edge_table(result), key="discover_edges_table", hide_index=True)
 st.subheader("The circuit on the layer × head grid")
 with st.container(key="discover_grid_chart_box"):
     st.altair_chart(ud.overlay_heatmap(ud.grid_frame(result)), key="discover_grid_chart")
-st.caption("Attribution estimate of every head (red: pushes toward the target); the circuit's heads outlined.")
+st.caption(f"Effect of every head: verified by ablation for the {len(result.candidates)} verified candidates, "
+           "the attribution estimate elsewhere (red: pushes toward the target); the circuit's heads outlined.")
 
 st.subheader("Pairs")
 if result.pairs:

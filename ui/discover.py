@@ -251,27 +251,37 @@ def effect_bars(result: DiscoveryResult) -> alt.Chart:
 
 
 def grid_frame(result: DiscoveryResult) -> pd.DataFrame:
-    """Long table (layer, head, estimate, circuit) of every head's attribution estimate."""
+    """Long table (layer, head, estimate, verified, effect, source, circuit) of every head: `effect` is the
+    verified effect where the head was verified by ablation, else its attribution estimate (`source` says
+    which), so the verified heads read as they were measured."""
     grid = result.estimates
     layers, heads = np.indices(grid.shape)
     circuit = {(h.layer, h.head) for h in result.heads}
-    return pd.DataFrame({
+    verified = {(h.layer, h.head): h.verified_effect for h in result.candidates}
+    cells = list(zip(layers.ravel().tolist(), heads.ravel().tolist()))
+    frame = pd.DataFrame({
         "layer": layers.ravel(), "head": heads.ravel(), "estimate": grid.ravel().astype(float),
-        "circuit": [(int(l), int(h)) in circuit for l, h in zip(layers.ravel(), heads.ravel())],
+        "verified": [verified.get(c, np.nan) for c in cells],
+        "circuit": [c in circuit for c in cells],
     })
+    frame["effect"] = frame["verified"].fillna(frame["estimate"])
+    frame["source"] = np.where(frame["verified"].notna(), "verified", "estimated")
+    return frame
 
 
 def overlay_heatmap(frame: pd.DataFrame) -> alt.Chart:
-    """The layer x head grid of estimates; circuit heads outlined in black (one dataset, conditional stroke)."""
+    """The layer x head grid of effects (verified where measured, else estimated); circuit heads outlined
+    in black (one dataset, conditional stroke)."""
     rows, y_axis = ui_trace.heatmap_rows(frame["layer"].nunique())
-    bound = float(frame["estimate"].abs().max()) or 1.0
+    bound = float(frame["effect"].abs().max()) or 1.0
     return alt.Chart(frame).mark_rect(strokeWidth=3).encode(
         x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort="descending", axis=y_axis),
-        color=alt.Color("estimate:Q", title="estimate",
+        color=alt.Color("effect:Q", title="effect",
                         scale=alt.Scale(scheme="redblue", domain=[-bound, bound], domainMid=0)),
         stroke=alt.condition("datum.circuit", alt.value("#111111"), alt.value(None)),
-        tooltip=["layer", "head", alt.Tooltip("estimate:Q", format=".3f"), "circuit"],
+        tooltip=["layer", "head", alt.Tooltip("effect:Q", format="+.3f"), "source",
+                 alt.Tooltip("estimate:Q", format="+.3f"), alt.Tooltip("verified:Q", format="+.3f"), "circuit"],
     ).properties(height=rows + 50)
 
 
@@ -297,7 +307,7 @@ def circuit_graph(result: DiscoveryResult) -> tuple[list[Node], list[Edge], Conf
         for row, h in enumerate(column):
             y = GRAPH_DY * (row - (len(column) - 1) / 2) + GRAPH_ZIG * (col % 2)
             color = "#c62828" if h.verified_effect < 0 else "#8a93a6"
-            nodes.append(Node(id=short(h), label=f"L{h.layer}.H{h.head}\n{h.verified_effect:+.2f}",
+            nodes.append(Node(id=short(h), label=f"{short(h)}\n{h.verified_effect:+.2f}",
                               size=10 + 20 * abs(h.verified_effect) / top, color=color, x=GRAPH_DX * col, y=y,
                               title=f"{h.name}: verified {h.verified_effect:+.3f}, "
                                     f"estimated {h.estimated_effect:+.3f}"))

@@ -88,6 +88,13 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
     outlined = grid[grid["circuit"]]
     assert len(grid) == 30 * 9 and sorted(f"{l}.{h}" for l, h in zip(outlined["layer"], outlined["head"])) \
         == sorted(heads["head"])
+    # verified heads are coloured by their verified effect, the rest by the estimate
+    assert (grid["source"] == "verified").sum() == len(candidates)
+    top_cell = grid[(grid["layer"] == result.heads[0].layer) & (grid["head"] == result.heads[0].head)]
+    assert top_cell["effect"].item() == result.heads[0].verified_effect < 0
+    unverified = grid[grid["source"] == "estimated"]
+    assert (unverified["effect"] == unverified["estimate"]).all()
+    assert all(n["label"].split("\n")[0] == n["id"] for n in nodes)  # "23.3", as on every page
     assert len(at.get("download_button")) == 2
 
     # the Governance page's "top head of the last discovery" reads this session's result
