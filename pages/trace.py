@@ -78,7 +78,7 @@ step = st.selectbox("Activity of", [None, *outputs], key="trace_activity_step",
                     format_func=lambda s: "mean over generated tokens" if s is None else f"token {token_label(s)}")
 with st.container(key="trace_activity_chart_box"):  # st-key-* handle for browser tests
     st.altair_chart(ui_trace.activity_heatmap(ui_trace.activity_frame(result, step)), key="trace_activity_chart")
-st.caption(f"Activity: {result.activity_method}. Masked heads read 0.")
+st.caption(f"Activity: {result.activity_method}. Masked heads read 0; they are outlined in orange.")
 
 st.subheader("Attention of one head")
 top = result.top_heads[0]
@@ -92,7 +92,7 @@ try:
     tokens = result.prompt_tokens + result.generated_tokens[:output]
     with st.container(key="trace_attention_chart_box"):
         st.altair_chart(ui_trace.attention_heatmap(matrix, tokens), key="trace_attention_chart")
-    st.caption(f"Attention probabilities of L{layer}.H{head}, recomputed in one forward pass over the prompt and the "
+    st.caption(f"Attention probabilities of head {layer}.{head}, recomputed in one forward pass over the prompt and the "
                f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
                "position that predicted that token (the trace records that row for every head).")
 except SynapseError as exc:

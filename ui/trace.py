@@ -11,6 +11,7 @@ from streamlit_agraph import Config, Edge, Node
 
 from synapse_core.analysis.influence import InfluenceResult
 from synapse_core.analysis.trace import TraceResult
+from ui.names import short_name
 
 
 def show_token(token: str) -> str:
@@ -65,6 +66,9 @@ def activity_heatmap(frame: pd.DataFrame) -> alt.Chart:
         x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort="descending", axis=y_axis),
         color=alt.Color("activity:Q", scale=alt.Scale(scheme="viridis"), title="activity"),
+        # a masked head reads 0, like a quiet head: outline it so the two read apart
+        stroke=alt.condition("datum.masked", alt.value("#e4572e"), alt.value(None)),
+        strokeWidth=alt.condition("datum.masked", alt.value(2.5), alt.value(0)),
         tooltip=["layer", "head", alt.Tooltip("activity:Q", format=".3f"), "masked"],
     ).properties(height=rows + 50)  # + the head axis
 
@@ -125,8 +129,8 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
         x = PATH_DX * (col if row % 2 == 0 else PATH_PER_ROW - 1 - col)
         place = {"x": x, "y": PATH_DY * row}
         if name in activity:
-            nodes.append(Node(id=name, label=name, size=10 + 14 * activity[name] / top, color="#4B6BFB",
-                              title=f"{name}: activity {activity[name]:.3f}", **place))
+            nodes.append(Node(id=name, label=short_name(name), size=10 + 14 * activity[name] / top, color="#4B6BFB",
+                              title=f"{short_name(name)}: activity {activity[name]:.3f}", **place))
         else:
             nodes.append(Node(id=name, label=name, size=16, shape="diamond", color="#F4A261", **place))
     edges = [Edge(e.source, e.target, label=f"{e.weight:.2f} {_edge_kind(e.kind)}",
@@ -151,7 +155,7 @@ def _edge_kind(kind: str) -> str:
 def path_table(result: TraceResult) -> pd.DataFrame:
     activity = {f"L{h.layer}.H{h.head}": h.score for h in result.thought_path.heads}
     return pd.DataFrame([
-        {"from": e.source, "to": e.target, "weight": e.weight, "kind": e.kind,
+        {"from": short_name(e.source), "to": short_name(e.target), "weight": e.weight, "kind": e.kind,
          "activity of 'to'": activity.get(e.target)}
         for e in result.thought_path.edges
     ])

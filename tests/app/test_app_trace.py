@@ -41,7 +41,9 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     graph, config = json.loads(args["data"]), json.loads(args["config"])
     nodes = graph["nodes"]
     assert nodes[0]["id"] == "Prompt_Ingress" and nodes[-1]["id"] == "Response_Egress"
-    assert all(n["label"] == n["id"] for n in nodes)  # every node labelled, e.g. "L12.H3"
+    # every node labelled; heads as on every page ("12.3"), the engine's id ("L12.H3") kept underneath
+    assert all(n["label"] == n["id"] for n in (nodes[0], nodes[-1]))
+    assert all(n["label"] == f"{n['id'][1:].replace('.H', '.')}" for n in nodes[1:-1])
     assert len(graph["edges"]) == 31
     assert all(e["label"].split()[-1] in {"q", "k", "v", "share"} for e in graph["edges"])  # "0.05 v"
     # fixed positions on a few rows (not one 32-node line squeezed into the box), physics off
@@ -64,7 +66,7 @@ def test_choosing_a_head_and_token_redraws_its_attention():
     at.selectbox(key="trace_attn_head").set_value(1)
     at.selectbox(key="trace_attn_output").set_value(2).run()
     assert not at.exception and not at.error
-    assert any(c.value.startswith("Attention probabilities of L3.H1") for c in at.caption)
+    assert any(c.value.startswith("Attention probabilities of head 3.1,") for c in at.caption)
     result = at.session_state[core.TRACE_RUN].result
     attention = chart_frames(at)[1]
     assert attention["query"].nunique() == len(result.prompt_tokens) + 2  # prompt + 2 generated tokens
