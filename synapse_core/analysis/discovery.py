@@ -162,6 +162,13 @@ class DiscoveryResult:
         return (f"chosen on {chosen} training prompt(s) and judged on {held} held-out prompt(s): "
                 f"out of sample, {self.held_out.verdict}")
 
+    def headline(self) -> str:
+        """The History line: the circuit and what ablating its heads together does."""
+        c = self.circuit
+        heads = ", ".join(f"{h.layer}.{h.head}" for h in self.heads)
+        return (f"heads {heads} · {self.metric} {c.effect:+.3g} together · "
+                + ("beats random sets" if c.beats_random else "no better than random sets"))
+
     def to_json(self) -> dict:
         c = self.circuit
         head = lambda h: dict(asdict(h), name=h.name)  # noqa: E731
