@@ -108,13 +108,13 @@ def capture(handle, ids: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torc
 class ActivationStore:
     """A harvest on disk: tokens.npy (n_ctx, pos) int32 and one (n_ctx, pos, d) float16 map per site."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, limit: int | None = None):
         self.folder = Path(folder)
         try:
             self.meta = json.loads((self.folder / "meta.json").read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"no readable harvest at {self.folder}: {exc}") from exc
-        self.n_done = int(self.meta["done"])
+        self.n_done = int(self.meta["done"]) if limit is None else min(limit, int(self.meta["done"]))
 
     @property
     def sites(self) -> list[str]:
@@ -138,7 +138,8 @@ def harvest(handle, sites: Sequence[str], contexts: Iterable[np.ndarray], n_cont
     write the activations of `sites` (names such as 'layers.15.resid.post') under `folder`.
 
     Resumes a partial harvest of the same sites and shape in `folder` (the first contexts are
-    skipped, so `contexts` must yield the same sequence again). Returns the store.
+    skipped, so `contexts` must yield the same sequence again); a harvest made for more contexts
+    serves a request for fewer (its first n_contexts). Returns the store.
     """
     parsed = [parse_site(s, handle.arch.n_layers) for s in sites]
     for s in parsed:
@@ -149,22 +150,26 @@ def harvest(handle, sites: Sequence[str], contexts: Iterable[np.ndarray], n_cont
     meta = {"sites": [s.name for s in parsed], "n_contexts": n_contexts, "ctx_len": ctx_len,
             "d_model": d, "dtype": "float16", "done": 0}
     meta_path = folder / "meta.json"
+    want = n_contexts
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if {k: v for k, v in old.items() if k != "done"} != {k: v for k, v in meta.items() if k != "done"}:
-            raise StoreError(f"{folder} holds a different harvest ({old['sites']}, {old['n_contexts']} contexts); "
-                             "choose another folder")
-        meta["done"] = old["done"]
+        same = all(old[k] == meta[k] for k in ("sites", "ctx_len", "d_model", "dtype"))
+        if not same or old["n_contexts"] < n_contexts:
+            raise StoreError(f"{folder} holds a different harvest ({old['sites']}, {old['n_contexts']} contexts of "
+                             f"{old['ctx_len']} tokens); choose another folder")
+        meta.update(n_contexts=old["n_contexts"], done=old["done"])
         mode = "r+"
     else:
         mode = "w+"
-    tok_map = np.lib.format.open_memmap(folder / "tokens.npy", mode=mode, dtype=np.int32, shape=(n_contexts, ctx_len))
+    cap = meta["n_contexts"]
+    tok_map = np.lib.format.open_memmap(folder / "tokens.npy", mode=mode, dtype=np.int32, shape=(cap, ctx_len))
     maps = {s: np.lib.format.open_memmap(folder / f"{s.name}.npy", mode=mode, dtype=np.float16,
-                                         shape=(n_contexts, ctx_len, d)) for s in parsed}
+                                         shape=(cap, ctx_len, d)) for s in parsed}
     if mode == "w+":
         atomic_write_json(meta_path, meta)
     done, it = meta["done"], iter(contexts)
-    for _ in range(done):
+    n_contexts = want
+    for _ in range(done if done < n_contexts else 0):
         next(it)
     while done < n_contexts:
         if should_stop is not None and should_stop():
@@ -185,4 +190,4 @@ def harvest(handle, sites: Sequence[str], contexts: Iterable[np.ndarray], n_cont
         atomic_write_json(meta_path, meta)
         if progress is not None:
             progress(done, n_contexts)
-    return ActivationStore(folder)
+    return ActivationStore(folder, limit=want)

@@ -138,29 +138,72 @@ def init_sae(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainData, s_in: float,
     return sae
 
 
+def _coo_t(idx: torch.Tensor, vals: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """Sparse (d_sae, batch) matrix with vals (batch, n) at rows idx (batch, n)."""
+    batch, n = idx.shape
+    cols = torch.arange(batch).repeat_interleave(n)
+    return torch.sparse_coo_tensor(torch.stack([idx.flatten(), cols]), vals.flatten(), (n_latents, batch), check_invariants=False).coalesce()
+
+
+def _rowdot(g: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """g[b] . w[idx[b, j]] for g (batch, d), w (d_sae, d), idx (batch, n) sorted per row: (batch, n)."""
+    batch, n = idx.shape
+    crow = torch.arange(0, batch * n + 1, n)
+    mask = torch.sparse_csr_tensor(crow, idx.flatten(), torch.zeros(batch * n, dtype=g.dtype), (batch, w.shape[0]),
+                                   check_invariants=False)
+    return torch.sparse.sampled_addmm(mask, g, w.T).values().view(batch, n)
+
+
+def _topk_sorted(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    vals, idx = pre.topk(k, dim=-1, sorted=False)
+    idx, order = idx.sort(dim=-1)
+    return vals.gather(-1, order), idx
+
+
 def _step(sae: TopKSAE, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, since_fired: torch.Tensor):
-    """Loss of one batch: x (batch, d_in), y (batch, d_out), both scaled. Updates since_fired."""
-    pre = sae.pre_acts(x)  # (batch, d_sae)
-    vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
-    y_hat = sae.decode_sparse(vals, idx)
-    err = y - y_hat
-    total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
-    mse = err.pow(2).sum(-1).mean() / total_var
-    fired = torch.zeros_like(since_fired, dtype=torch.bool)
-    fired[idx[vals > 0]] = True
-    since_fired += x.shape[0]
-    since_fired[fired] = 0
-    dead = since_fired > cfg.dead_after_tokens
-    n_dead = int(dead.sum())
-    loss, aux = mse, torch.zeros(())
-    if n_dead > 0 and cfg.aux_coef > 0:
-        aux_vals, aux_idx = pre.masked_fill(~dead, 0.0).topk(min(cfg.aux_k, n_dead), dim=-1, sorted=False)
-        e_hat = (aux_vals.unsqueeze(-1) * sae.W_dec[aux_idx]).sum(-2)  # (batch, d_out), no bias
-        e = err.detach()
-        aux = (e - e_hat).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-12)
-        loss = loss + cfg.aux_coef * aux
-    fvu = err.detach().pow(2).sum(-1).mean() / total_var
-    return loss, {"mse": float(mse.detach()), "aux": float(aux.detach()), "fvu": float(fvu), "dead_frac": n_dead / since_fired.numel()}
+    """One batch: x (batch, d_in), y (batch, d_out), both scaled. Sets every parameter's .grad by
+    hand, which costs one dense product (the pre-activations) and sparse work for the rest, where
+    autograd would spend three dense products. Updates since_fired; returns the metrics."""
+    batch, n_lat = x.shape[0], sae.cfg.d_sae
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    with torch.no_grad():
+        xc = x - b_dec if sae.cfg.apply_b_dec_to_input else x
+        pre = torch.relu(xc @ W_enc + b_enc)  # (batch, d_sae)
+        vals, idx = _topk_sorted(pre, cfg.k)  # (batch, k)
+        y_hat = torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum") + b_dec
+        err = y - y_hat  # (batch, d_out)
+        total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
+        mse = err.pow(2).sum(-1).mean() / total_var
+        g = -2 * err / (batch * total_var)  # d mse / d y_hat
+        g_W_dec = torch.sparse.mm(_coo_t(idx, vals, n_lat), g)
+        g_b_dec = g.sum(0)
+        enc = [(idx, _rowdot(g, W_dec, idx) * (vals > 0))]
+        fired = torch.zeros(n_lat, dtype=torch.bool)
+        fired[idx[vals > 0]] = True
+        since_fired += batch
+        since_fired[fired] = 0
+        dead = since_fired > cfg.dead_after_tokens
+        n_dead = int(dead.sum())
+        aux = torch.zeros(())
+        if n_dead > 0 and cfg.aux_coef > 0:
+            a_vals, a_idx = _topk_sorted(pre.masked_fill(~dead, 0.0), min(cfg.aux_k, n_dead))
+            e_hat = torch.nn.functional.embedding_bag(a_idx, W_dec, per_sample_weights=a_vals, mode="sum")
+            e_norm = err.pow(2).sum(-1).mean().clamp_min(1e-12)  # err is a fixed target here
+            resid = err - e_hat
+            aux = resid.pow(2).sum(-1).mean() / e_norm
+            ga = -2 * cfg.aux_coef * resid / (batch * e_norm)
+            g_W_dec += torch.sparse.mm(_coo_t(a_idx, a_vals, n_lat), ga)
+            enc.append((a_idx, _rowdot(ga, W_dec, a_idx) * (a_vals > 0)))
+        all_idx = torch.cat([i for i, _ in enc], 1)
+        all_g = torch.cat([v for _, v in enc], 1)
+        W_enc.grad = torch.sparse.mm(_coo_t(all_idx, all_g, n_lat), xc).T.contiguous()
+        b_enc.grad = torch.zeros(n_lat).index_add_(0, all_idx.flatten(), all_g.flatten())
+        if sae.cfg.apply_b_dec_to_input:
+            g_b_dec = g_b_dec - W_enc @ b_enc.grad
+        W_dec.grad, b_dec.grad = g_W_dec, g_b_dec
+    fvu = err.pow(2).sum(-1).mean() / total_var
+    return mse + cfg.aux_coef * aux, {"mse": float(mse), "aux": float(aux), "fvu": float(fvu),
+                                      "dead_frac": n_dead / n_lat}
 
 
 def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainData, checkpoint: Path | None = None,
@@ -212,11 +255,10 @@ def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainData, checkpoint: Pat
             stopped = True
             break
         x, y = data.batch(_batch_rows(cfg, data, step, cache))
-        loss, metrics = _step(sae, cfg, x * s_in, y * s_out, since_fired)
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        _, metrics = _step(sae, cfg, x * s_in, y * s_out, since_fired)
         with torch.no_grad():
             w, g = sae.W_dec, sae.W_dec.grad
             g -= (g * w).sum(-1, keepdim=True) * w  # keep rows on the unit sphere

@@ -124,3 +124,44 @@ def test_bad_widths_named():
         train(sae_cfg(d=32), CFG, data)
     with pytest.raises(BadInput, match="disagree"):
         train(sae_cfg(), replace(CFG, k=5), data)
+
+
+def _autograd_loss(sae, cfg, x, y, dead):
+    """The loss written plainly, for autograd to differentiate."""
+    pre = sae.pre_acts(x)
+    vals, idx = pre.topk(cfg.k, dim=-1)
+    err = y - sae.decode_sparse(vals, idx)
+    total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
+    loss = err.pow(2).sum(-1).mean() / total_var
+    a_vals, a_idx = pre.masked_fill(~dead, 0.0).topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
+    e = err.detach()
+    e_hat = (a_vals.unsqueeze(-1) * sae.W_dec[a_idx]).sum(-2)
+    return loss + cfg.aux_coef * (e - e_hat).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean()
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_hand_written_gradients_match_autograd(transcoder):
+    from synapse_core.features.train import _step
+
+    torch.manual_seed(0)
+    d_out = 8 if transcoder else 16
+    cfg_sae = SAEConfig(d_in=16, d_sae=64, k=4, hook_name="a", d_out=d_out if transcoder else None,
+                        hook_name_out="b" if transcoder else None, apply_b_dec_to_input=not transcoder)
+    sae = TopKSAE(cfg_sae)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape))
+    x = torch.randn(32, 16)
+    y = torch.randn(32, d_out) if transcoder else x
+    cfg = replace(CFG, aux_k=8, dead_after_tokens=10)
+    since = torch.full((64,), 100, dtype=torch.long)
+    since[:20] = 0  # latents 20.. are dead (and stay dead unless they fire in this batch)
+    loss, _ = _step(sae, cfg, x, y, since)
+    manual = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    dead = since > cfg.dead_after_tokens
+    sae.zero_grad()
+    ref = _autograd_loss(sae, cfg, x, y, dead)
+    ref.backward()
+    assert abs(float(loss) - float(ref.detach())) < 1e-4 * abs(float(ref.detach()))
+    for n, p in sae.named_parameters():
+        assert torch.allclose(manual[n], p.grad, atol=1e-5, rtol=1e-4), n
