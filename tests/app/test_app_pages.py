@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 
 from ui import core
 
-PAGES = ["pages/trace.py", "pages/ablate.py", "pages/discover.py", "pages/governance.py"]
+PAGES = ["pages/trace.py", "pages/ablate.py", "pages/discover.py", "pages/graph.py", "pages/governance.py"]
 
 
 def test_app_loads_default_model_and_lists_pages():
