@@ -203,3 +203,27 @@ def test_bad_input_is_refused_with_the_bad_value_named(llama, monkeypatch, tiny)
     monkeypatch.setattr(adjacency_module, "MAX_ADJACENCY_BYTES", 4 * 80 ** 2)  # 80 nodes: 11 a token, 7 tokens
     with pytest.raises(BadInput, match="9 tokens; attribution graphs of this model are limited to 7"):
         build_graph(llama, PROMPT, "ran")
+
+
+def test_a_graph_is_a_stored_experiment_listed_reopened_and_exported(llama, tmp_path):
+    from synapse_core.common.errors import StoreError
+    from synapse_core.experiments.graphs import graph_config, load_graph, run_graph, save_graph
+    from synapse_core.experiments.records import export_csv, export_json, list_experiments
+    from synapse_core.experiments.store import ResultStore
+
+    store = ResultStore(tmp_path / "results")
+    config = graph_config(llama, PROMPT, "ran", "sat", claims=3)
+    first = run_graph(llama, config, store)
+    again = run_graph(llama, config, store)
+    assert not first.from_cache and again.from_cache and again.hash == first.hash == config.hash
+    assert graph_config(llama, PROMPT, "ran", "dog").hash != config.hash
+    (summary,), problems = list_experiments(store, kind="graph")
+    assert summary.hash == first.hash and "completeness error" in summary.headline and not problems
+    assert json.loads(export_json(again))["result"]["output_value"] == pytest.approx(first.result.output_value)
+    assert export_csv(again).splitlines()[0].startswith("id,kind,layer")
+    ids = [n.id for n in first.result.nodes if n.kind in ("head", "mlp")][:2]
+    save_graph(store, first, group(first.result, ids, "named"))
+    assert [s.name for s in load_graph(store, first.hash).result.supernodes][-1] == "named"
+    store.put("0" * 16, "trace", "not a graph")
+    with pytest.raises(StoreError, match="not an experiment|not an attribution graph"):
+        load_graph(store, "0" * 16)
