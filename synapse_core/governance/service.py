@@ -37,6 +37,7 @@ from .omconfig import HOST_ENV, TOKEN_ENV, OMConfig, OMError, config_from_env
 from .outbox import Delivery, Outbox, OutboxItem
 
 EMBEDDED = "embedded"
+BOOTSTRAP_DEADLINE_S = 60.0  # the catalog of a 30-layer model is ~150 requests; every other action: 10 s
 OPENMETADATA = "openmetadata"
 FIRST_POLL_LOOKBACK_MS = 24 * 3600 * 1000  # a first poll reads a day back; `om sync` gives the full state
 
@@ -148,14 +149,16 @@ class Governance:
         """The embedded catalog: every column, quarantined heads tagged DEFECTIVE."""
         return catalog_rows(self.catalog(roles), self.masks())
 
-    def client(self):
-        """A fresh connection to the configured server (version checked); OMError when unusable."""
+    def client(self, deadline_s: float | None = None):
+        """A fresh connection to the configured server (version checked); OMError when unusable.
+        deadline_s: its whole time with the server (default: the Governance's, else 10 s)."""
         if not self.config:
             raise OMError(f"no OpenMetadata server is configured: set {HOST_ENV} and {TOKEN_ENV} "
                           "(or [openmetadata] host/token in .streamlit/secrets.toml)")
         from .openmetadata import OMClient  # imports the SDK: only when a server is configured
 
-        return OMClient(self.config) if self.deadline_s is None else OMClient(self.config, deadline_s=self.deadline_s)
+        deadline_s = deadline_s or self.deadline_s
+        return OMClient(self.config) if deadline_s is None else OMClient(self.config, deadline_s=deadline_s)
 
     def status(self) -> GovernanceStatus:
         masked, pending = len(self.masks()), len(self.pending())
@@ -258,8 +261,9 @@ class Governance:
     def bootstrap(self, roles=None):
         """Create or update the model's catalog on the server (idempotent), then send the outbox.
 
-        Returns openmetadata.BootstrapReport; raises OMError when the server is not usable."""
-        client = self.client()
+        Returns openmetadata.BootstrapReport; raises OMError when the server is not usable. It sends
+        about five requests per layer, so its deadline is longer than other actions' (60 s)."""
+        client = self.client(max(self.deadline_s or 0, BOOTSTRAP_DEADLINE_S))
         try:
             catalog = self.catalog(roles)
             report = client.bootstrap(catalog)
