@@ -1,0 +1,120 @@
+"""Capability prompts: short prompts in named groups, each with its expected answer, scored on the
+next token with and without a quarantine. The shipped set is `data/capabilities.txt`.
+
+Prompts are batched: sorted by length, right-padded (under causal attention padding after the last
+token never changes it) and read at each prompt's own last position, many prompts a forward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..common.errors import BadInput
+from ..hooks.dispatch import hooks
+from ..hooks.masking import mask_fns
+from ..model.loading import ModelHandle
+from .perplexity import LOGIT_BUDGET
+
+CAPABILITY_FILE = Path(__file__).parent / "data" / "capabilities.txt"
+DEFAULT_GROUP = "prompts"  # the group of lines before any [group] header
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One capability prompt."""
+
+    group: str  # e.g. "facts and capitals"
+    prompt: str
+    expected: str  # the right answer, scored on its first token (" Paris")
+
+
+def _field(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    return text
+
+
+def parse_capabilities(text: str, name: str = "the prompt set") -> tuple[Capability, ...]:
+    """Capabilities from `[group]` headers and `prompt | expected` lines (see data/capabilities.txt).
+
+    >>> parse_capabilities('[capitals]\\nThe capital of France is | " Paris"')[0].expected
+    ' Paris'
+    """
+    out, group = [], DEFAULT_GROUP
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("[") and stripped.endswith("]"):
+            group = stripped[1:-1].strip()
+            if not group:
+                raise BadInput(f"{name}, line {number}: an empty group name []")
+            continue
+        parts = line.split("|")
+        if len(parts) != 2 or not _field(parts[1]):
+            raise BadInput(f"{name}, line {number} ({stripped[:60]!r}) has no expected answer: write "
+                           "`prompt | expected answer` (quote the answer to keep its leading space: \" Paris\")")
+        prompt = _field(parts[0]).replace("\\n", "\n")
+        if not prompt.strip():
+            raise BadInput(f"{name}, line {number} ({stripped[:60]!r}) has no prompt before the |")
+        out.append(Capability(group, prompt, _field(parts[1])))
+    if not out:
+        raise BadInput(f"{name} has no prompts: write `prompt | expected answer` lines under [group] headers")
+    return tuple(out)
+
+
+def default_capabilities() -> tuple[Capability, ...]:
+    """The shipped set (synapse_core/analysis/data/capabilities.txt): 120 prompts in 6 groups."""
+    return parse_capabilities(CAPABILITY_FILE.read_text(encoding="utf-8"), CAPABILITY_FILE.name)
+
+
+def expected_ids(handle: ModelHandle, caps) -> list[int]:
+    """The first token of each expected answer."""
+    out = []
+    for cap in caps:
+        ids = handle.tokenizer(cap.expected, add_special_tokens=False).input_ids
+        if not ids:
+            raise BadInput(f"the expected answer {cap.expected!r} of {cap.prompt!r} encodes to no token")
+        out.append(int(ids[0]))
+    return out
+
+
+def next_token_logits(handle: ModelHandle, prompts, masks=(),
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Last-position logits (n_prompts, d_vocab), float32 on the CPU, of every prompt with `masks` in
+    force; prompts of similar length share a forward pass."""
+    encoded = [handle.tokenizer(p).input_ids for p in prompts]
+    for p, ids in zip(prompts, encoded):
+        if not ids:
+            raise BadInput(f"prompt {p!r} encodes to no token")
+    vocab = handle.model.get_output_embeddings().weight.shape[0]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    batches, current = [], []
+    for i in order:
+        lengths = {len(encoded[k]) for k in current} | {len(encoded[i])}
+        if current and (len(current) + 1) * len(lengths) * vocab > LOGIT_BUDGET:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    out = torch.empty(len(encoded), vocab)
+    with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(tuple(masks))):
+        for done, batch in enumerate(batches):
+            width = max(len(encoded[k]) for k in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            for r, k in enumerate(batch):
+                ids[r, :len(encoded[k])] = torch.tensor(encoded[k])
+            last = sorted({len(encoded[k]) - 1 for k in batch})
+            keep = torch.tensor(last, device=handle.device)
+            logits = handle.model(input_ids=ids.to(handle.device), use_cache=False, logits_to_keep=keep).logits
+            column = {pos: c for c, pos in enumerate(last)}
+            rows = torch.tensor([column[len(encoded[k]) - 1] for k in batch], device=logits.device)
+            out[batch] = logits[torch.arange(len(batch), device=logits.device), rows].float().cpu()
+            if progress:
+                progress(done + 1, len(batches))
+    return out
