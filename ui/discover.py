@@ -318,7 +318,7 @@ def circuit_graph(result: DiscoveryResult) -> tuple[list[Node], list[Edge], Conf
     tallest = max((len(c) for c in by_layer.values()), default=1)
     config = Config(
         height=min(max(GRAPH_DY * tallest + GRAPH_ZIG + 120, 360), 900), directed=True, physics=False,
-        hierarchical=False,
+        hierarchical=False, groups={},  # Config's default None makes vis-network log 'Invalid type ... "groups"'
         nodes={"font": {"size": 14, "color": "#1C2233", "strokeWidth": 3, "strokeColor": "#ffffff", "multi": False}},
         edges={"font": {"size": 12, "color": "#4a5266", "background": "#ffffff", "strokeWidth": 0},
                "smooth": False, "arrows": {"to": {"enabled": True, "scaleFactor": 0.6}}},

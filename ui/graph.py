@@ -157,6 +157,7 @@ def drawing(g: AttributionGraph) -> tuple[list[Node], list[Edge], Config]:
     edges = [Edge(e.source, e.target, width=0.5 + 3 * abs(e.weight) / strongest,
                   color="#2b6cb0" if e.weight > 0 else "#c53030", title=f"{e.weight:+.4f}") for e in g.edges]
     config = Config(height=min(max(DY * (top + 1) + 80, 360), 1400), directed=True, physics=False, hierarchical=False,
+                    groups={},  # Config's default None makes vis-network log 'Invalid type received for "groups"'
                     nodes={"font": {"size": 12, "color": "#1C2233", "strokeWidth": 3, "strokeColor": "#ffffff"}},
                     edges={"smooth": False, "arrows": {"to": {"enabled": True, "scaleFactor": 0.4}}},
                     interaction={"zoomView": False, "hover": True})

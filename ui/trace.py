@@ -138,6 +138,7 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
     rows = -(-len(path.nodes) // PATH_PER_ROW)
     config = Config(
         height=min(max(PATH_DY * rows, 300), 900), directed=True, physics=False, hierarchical=False,
+        groups={},  # Config's default None makes vis-network log 'Invalid type received for "groups"'
         nodes={"font": {"size": 14, "color": "#1C2233", "strokeWidth": 3, "strokeColor": "#ffffff"}},
         edges={"font": {"size": 12, "color": "#4a5266", "background": "#ffffff", "strokeWidth": 0},
                "smooth": False, "arrows": {"to": {"enabled": True, "scaleFactor": 0.6}}, "width": 1.5},

@@ -75,6 +75,7 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
     graph, config = graph_of(at)
     nodes = graph["nodes"]
     assert sorted(n["id"] for n in nodes) == sorted(heads["head"]) and not config["physics"]["enabled"]
+    assert config["groups"] == {}  # vis-network rejects None ('Invalid type received for "groups"')
     x_of = {n["id"]: n["x"] for n in nodes}
     layer_of = dict(zip(heads["head"], heads["layer"]))
     assert all((x_of[a] < x_of[b]) == (layer_of[a] < layer_of[b]) for a in x_of for b in x_of if a != b)

@@ -48,6 +48,7 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert all(e["label"].split()[-1] in {"q", "k", "v", "share"} for e in graph["edges"])  # "0.05 v"
     # fixed positions on a few rows (not one 32-node line squeezed into the box), physics off
     assert not config["physics"]["enabled"] and 500 <= int(config["height"].removesuffix("px")) <= 700
+    assert config["groups"] == {}  # vis-network rejects None ('Invalid type received for "groups"')
     assert len({n["y"] for n in nodes}) == 4 and len({n["x"] for n in nodes}) == 8
     assert len({(n["x"], n["y"]) for n in nodes}) == len(nodes)
     heads = nodes[1:-1]
