@@ -92,15 +92,20 @@ def check_window(window) -> int:
     return int(window)
 
 
+def check_length(docs: TextDocs, window: int) -> None:
+    """BadInput when the text is shorter than one context of `window` tokens."""
+    total = sum(len(d) for d in docs.documents)
+    if total < window:
+        raise BadInput(f"{docs.name} has {total} tokens, shorter than one context of {window} tokens: give a longer "
+                       "text or a smaller window")
+
+
 def score_text(handle: ModelHandle, docs: TextDocs, window: int = DEFAULT_WINDOW, masks=(),
                progress: Callable[[int, int], None] | None = None) -> TextScore:
     """Summed cross-entropy of every window of `docs` with `masks` in force (one batched pass per
     group of windows, longest first). progress(done, total) after each pass."""
+    check_length(docs, window)
     kept = windows(docs.documents, window)
-    if not kept:
-        longest = max((len(d) for d in docs.documents), default=0)
-        raise BadInput(f"{docs.name} has {longest} tokens, shorter than one context of {MIN_WINDOW} tokens: give a "
-                       "longer text")
     order = sorted(range(len(kept)), key=lambda i: -len(kept[i][1]))
     vocab = handle.model.get_output_embeddings().weight.shape[0]
     batches, i = [], 0
@@ -162,6 +167,24 @@ def text_docs(handle: ModelHandle, text: str, name: str = "text") -> TextDocs:
         raise BadInput(f"{name} is empty: give some text to score")
     ids = tuple(handle.tokenizer(text).input_ids)
     return TextDocs(name, _digest(text), (ids,))
+
+
+def file_docs(handle: ModelHandle, path) -> TextDocs:
+    """A UTF-8 text file as one document; BadInput naming the file when it is missing, unreadable,
+    not UTF-8 or empty."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read the text file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"the text file {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+                       f"{data[exc.start:exc.start + 1]!r})") from None
+    if not text.strip():
+        raise BadInput(f"the text file {str(path)!r} is empty: give some text to score")
+    return text_docs(handle, text, path.name)
 
 
 @functools.lru_cache(maxsize=2)

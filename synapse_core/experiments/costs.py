@@ -1,0 +1,66 @@
+"""Cost reports as stored experiments: hashed, listed in History, reopened and exported like any
+other. The text score with the masks in force ("before") is the same for every report on that text,
+so the store keeps it too (kind "textscore", not listed): a report then runs the text once, with
+the new masks."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_report
+from ..analysis.perplexity import TextDocs, TextScore, score_text
+from ..common.errors import BadInput, StoreError
+from ..model.loading import ModelHandle
+from .records import Experiment, StoredExperiment, load_experiment
+from .store import ResultStore
+
+
+def _text_before(handle: ModelHandle, config: CostConfig, text: TextDocs, store: ResultStore,
+                 progress: CostProgress | None) -> TextScore:
+    key = {"model": config.model, "fingerprint": config.fingerprint, "dtype": config.dtype, "text": text.digest,
+           "window": config.window, "masks": [asdict(m) for m in config.masks]}
+    step = (lambda done, total: progress("text before", done, total)) if progress else None
+    entry, _, _ = store.get_or_compute("textscore", key, lambda: score_text(handle, text, config.window,
+                                                                            config.masks, step))
+    if not isinstance(entry.result, TextScore):
+        raise StoreError(f"result {entry.key} is a {entry.kind} entry, not a text score")
+    return entry.result
+
+
+def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None, store: ResultStore | None = None,
+             progress: CostProgress | None = None) -> Experiment:
+    """Answer from the store when this exact report was made before, else measure and store it.
+
+    >>> exp = run_cost(handle, cost_config(handle, ["0.6", "23.5"], text=corpus_docs(handle)), corpus_docs(handle))
+    >>> exp.result.verdict()
+    """
+    if config.fingerprint != handle.fingerprint or config.dtype != str(handle.dtype):
+        raise BadInput(f"cost report {config.hash} was made with {config.model} (weights {config.fingerprint}, "
+                       f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
+    store = store or ResultStore()
+
+    def compute():
+        before = _text_before(handle, config, text, store, progress) if text is not None else None
+        return StoredExperiment(config, cost_report(handle, config, text, before, progress))
+
+    entry, from_cache, notes = store.get_or_compute(
+        config.kind, config, compute, summary={"kind": config.kind, "model": config.model, "title": config.title})
+    return _as_cost(Experiment(entry.result.config, entry.result.result, entry.key, entry.created, from_cache,
+                               tuple(notes)) if isinstance(entry.result, StoredExperiment) else entry)
+
+
+def load_cost(store: ResultStore, key: str) -> Experiment | None:
+    """The stored report of a `?experiment=` id; None when absent, StoreError when it is another kind."""
+    exp = load_experiment(store, key)
+    return None if exp is None else _as_cost(exp)
+
+
+def _as_cost(exp) -> Experiment:
+    if not isinstance(exp, Experiment) or not isinstance(exp.result, CostReport):
+        key = getattr(exp, "hash", None) or getattr(exp, "key", "?")
+        raise StoreError(f"result {key} is not a cost report")
+    return exp
+
+
+def evidence(exp: Experiment) -> str:
+    """What a quarantine keeps of its cost report: the report's hash and its verdict."""
+    return f"report {exp.hash}: {_as_cost(exp).result.verdict()}"
