@@ -91,7 +91,7 @@ try:
         matrix = core.head_attention(handle, result, output, layer, head)
     tokens = result.prompt_tokens + result.generated_tokens[:output]
     with st.container(key="trace_attention_chart_box"):
-        st.altair_chart(ui_trace.attention_heatmap(matrix, tokens), key="trace_attention_chart")
+        st.altair_chart(ui_trace.attention_heatmap(matrix, tokens), key="trace_attention_chart", width="content")
     st.caption(f"Attention probabilities of head {layer}.{head}, recomputed in one forward pass over the prompt and the "
                f"tokens generated before {token_label(output)}, with the run's masks in force. The last row is the "
                "position that predicted that token (the trace records that row for every head).")

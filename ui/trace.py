@@ -78,20 +78,35 @@ def _label_extent(names) -> int:
     return 6 * max((len(n) for n in names), default=1) + 45
 
 
+ATTN_SIDE_PX = 540  # a short context's cells grow (square) until the matrix is this tall, or CELL_MAX_PX a cell
+CELL_MAX_PX = 36
+LEGEND_PX = 90  # the colour legend right of the matrix
+
+
+def attention_cell(n: int) -> float:
+    """Side of one square cell of an n x n attention matrix: ROW_PX or more while rows fit (as heatmap_rows
+    sizes them), up to CELL_MAX_PX for a short context, so the rows are never flat strips."""
+    rows, _ = heatmap_rows(n)
+    return max(rows / max(n, 1), min(ATTN_SIDE_PX / max(n, 1), CELL_MAX_PX))
+
+
 def attention_heatmap(matrix: np.ndarray, tokens) -> alt.Chart:
+    """The (query, key) matrix with square cells: draw it with st.altair_chart(..., width="content"), since a
+    chart stretched to the page's width would make each row a wide, flat strip."""
     names = labels(tokens)[: matrix.shape[0]]
     q, k = np.indices(matrix.shape)
     keep = k <= q  # causal: the upper triangle is always 0
     frame = pd.DataFrame({
         "query": np.array(names)[q[keep]], "key": np.array(names)[k[keep]], "attention": matrix[keep].astype(float),
     })
-    rows, y_axis = heatmap_rows(len(names))
+    _, y_axis = heatmap_rows(len(names))
+    side, extent = round(attention_cell(len(names)) * len(names)), _label_extent(names)  # token labels: both axes
     return alt.Chart(frame).mark_rect().encode(
-        x=alt.X("key:N", sort=names, title="attended-to token (key)", axis=alt.Axis(labelAngle=-90)),
+        x=alt.X("key:N", sort=names, title="attended-to token (key)", axis=alt.Axis(labelAngle=-90, labelLimit=160)),
         y=alt.Y("query:N", sort=names, title="attending token (query)", axis=y_axis),
         color=alt.Color("attention:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="attention"),
         tooltip=["query", "key", alt.Tooltip("attention:Q", format=".3f")],
-    ).properties(height=max(rows, 120) + _label_extent(names))
+    ).properties(width=side + extent + LEGEND_PX, height=side + extent)
 
 
 def influence_bars(result: InfluenceResult) -> alt.Chart:

@@ -28,3 +28,15 @@ def test_masked_heads_are_outlined_on_the_activity_heatmap():
     stroke, width = spec["encoding"]["stroke"], spec["encoding"]["strokeWidth"]
     assert stroke["condition"]["test"] == "datum.masked" and stroke["condition"]["value"]
     assert width["condition"]["value"] > 0 and width["value"] == 0
+
+
+def test_attention_cells_are_square_not_flat_strips():
+    tokens = ["<|im_start|>", "The", " E", "iff", "el", " Tower", " is", " in", " the", " city"]
+    for n in (3, 10, 40, 90):  # (altair refuses to inline more than 5000 cells)
+        matrix = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]
+        spec = json.loads(ui_trace.attention_heatmap(matrix, (tokens * 12)[:n]).to_json())
+        extent = ui_trace._label_extent(ui_trace.labels((tokens * 12)[:n]))
+        side = spec["height"] - extent  # the matrix itself: the token labels take `extent` on both axes
+        assert spec["width"] == side + extent + ui_trace.LEGEND_PX  # as wide as tall: square cells
+        assert side / n >= (18 if n <= 50 else 7)  # every row keeps room for its label while they fit
+        assert side <= 900
