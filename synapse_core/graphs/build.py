@@ -47,6 +47,10 @@ def _node_ids(adj: Adjacency, ids: list[int], target_id: int) -> list[str]:
             out.append(f"{layer}_h{head}_{pos}")
         elif kind == "mlp":
             out.append(f"{layer}_mlp_{pos}")
+        elif kind == "feature":
+            out.append(f"{layer}_{int(adj.features[len(out)])}_{pos}")
+        elif kind == "error":
+            out.append(f"{layer}_err_{pos}")
         else:
             out.append(f"{layer + 1}_{target_id}_{pos}")
     return out
@@ -67,11 +71,14 @@ def _pool(infl: torch.Tensor, cumulative: torch.Tensor, kinds) -> tuple[list[int
 
 
 def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | None = None, masks=(),
-                node_threshold: float = 0.8, edge_threshold: float = 0.98, claims: int = CLAIM_NODES) -> AttributionGraph:
+                node_threshold: float = 0.8, edge_threshold: float = 0.98, claims: int = CLAIM_NODES,
+                transcoders: dict | None = None) -> AttributionGraph:
     """The attribution graph of the next token after `prompt`, explaining logit(target) (- logit(contrast)).
 
-    Refuses an unsupported family (UnsupportedModel), an empty prompt, a prompt over the size limit
-    (adjacency.max_tokens), a target or contrast of several tokens (BadInput).
+    transcoders: layer -> a transcoder (features.sae.TopKSAE) whose active features and error nodes
+    replace that layer's MLP blocks. Refuses an unsupported family (UnsupportedModel), an empty prompt,
+    a prompt over the size limit (adjacency.max_tokens), a target or contrast of several tokens, a
+    transcoder whose sites are not that layer's MLP input and output (BadInput).
     """
     parts_of(handle)
     masks = normalize_masks(masks, handle.arch)
@@ -89,7 +96,7 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
 
     run = capture_run(handle, ids, tgt, masks)
     lap("forward pass (capture)")
-    adj = build_adjacency(handle, run)
+    adj = build_adjacency(handle, run, transcoders)
     lap("adjacency (backward passes and edge products)")
     n = adj.layout.n_nodes
     weights = torch.zeros(n)
@@ -105,20 +112,22 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
     names = _node_ids(adj, prompt_ids, tgt.id)
     kinds, values, layers = adj.kinds, adj.values.tolist(), adj.layers.tolist()
     heads, positions = adj.heads.tolist(), adj.positions.tolist()
+    features, activations = adj.features.tolist(), adj.activations.tolist()
     infl_list, cum_list = infl.tolist(), cumulative.tolist()
 
     def node(i: int) -> Node:
         kind = kinds[i]
         return Node(id=names[i], kind=kind, layer=None if kind == "token" else layers[i],
-                    head=heads[i] if kind == "head" else None, feature=None, position=positions[i],
-                    token=tgt.token if kind == "logit" else tokens[positions[i]], value=values[i],
-                    influence=infl_list[i], cumulative=cum_list[i])
+                    head=heads[i] if kind == "head" else None, feature=features[i] if kind == "feature" else None,
+                    position=positions[i], token=tgt.token if kind == "logit" else tokens[positions[i]],
+                    value=values[i], influence=infl_list[i], cumulative=cum_list[i], activation=activations[i])
 
     pool, coverage = _pool(infl, cumulative, adj.kinds)
     index = torch.tensor(pool)
     directions = torch.zeros(len(pool), adj.writes.shape[1])
     directions[:-1] = torch.nn.functional.normalize(adj.writes[index[:-1]], dim=-1)
     inputs = torch.nonzero(adj.matrix[-1]).flatten().tolist()
+    slot_writes = {names[i]: adj.writes[i].clone() for i in pool if adj.kinds[i] in ("feature", "error")}
     worst = int(errors.argmax())
     graph = AttributionGraph(
         model=handle.name, fingerprint=handle.fingerprint, prompt=prompt, prompt_tokens=tuple(tokens),
@@ -135,7 +144,7 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
     del adj
     graph = with_thresholds(graph, min(node_threshold, coverage), edge_threshold)
     lap("pruning")
-    found, rho = check_claims(handle, ids, graph.nodes, tgt, masks, claims)
+    found, rho = check_claims(handle, ids, graph.nodes, tgt, masks, claims, slot_writes)
     lap(f"claims checked by ablation ({len(found)} ablations, one batched forward pass)")
     graph = _replace(graph, claims=found, rho=rho)
     return _replace(graph, supernodes=group_by_direction(graph), seconds=tuple(seconds))

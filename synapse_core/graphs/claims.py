@@ -2,10 +2,11 @@
 
 In the frozen model zero-ablating a node moves the output by exactly minus its value. The real model
 is not frozen: removing a head's output at one position also changes later attention patterns, norm
-denominators and MLP gates. For the most influential heads and MLP blocks, each is zeroed at its
-position in the real model (one forward pass each, the masks on) and the measured change in the
-output is set beside the claim; Spearman's rho over them says how far the graph's ranking holds.
-All ablations share one forward pass: batch row 0 is the clean run, row r + 1 carries ablation r.
+denominators and MLP gates. Each of the most influential heads and MLP blocks is zeroed at its
+position in the real model (a transcoder feature or error node has its write taken out of the MLP
+output at its position), the masks on, and the measured change in the output is set beside the
+claim; Spearman's rho over them says how far the graph's ranking holds. All ablations share one
+forward pass: batch row 0 is the clean run, row r + 1 carries ablation r.
 """
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def _metric(logits: torch.Tensor, target: Target) -> float:
     return float(value)
 
 
+def _subtract(position: int, vector: torch.Tensor):
+    def fn(x):  # mlp.out (batch, pos, d_model): the node's write taken out at its position
+        out = x.clone()
+        out[:, position] -= vector.to(device=x.device, dtype=x.dtype)
+        return out
+
+    return fn
+
+
 def intervention_of(node: Node) -> Intervention:
     """The real-model ablation of a node: its output zeroed at its position."""
     if node.kind == "head":
@@ -39,18 +49,27 @@ def intervention_of(node: Node) -> Intervention:
 
 
 def check_claims(handle: ModelHandle, ids: torch.Tensor, nodes, target: Target, masks=(),
-                 top: int = CLAIM_NODES) -> tuple[tuple[Claim, ...], float | None]:
-    """Claimed vs measured effect of zero-ablating the `top` most influential heads and MLP blocks.
+                 top: int = CLAIM_NODES, slot_writes: dict | None = None) -> tuple[tuple[Claim, ...], float | None]:
+    """Claimed vs measured effect of ablating the `top` most influential heads, MLP blocks, transcoder
+    features and error nodes: a head or MLP block zeroed at its position; a feature or error node's
+    write (slot_writes: node id -> (d_model,)) subtracted from the MLP output at its position.
 
     ids (1, pos). Returns the claims, most influential first, and Spearman's rho between claimed and
     measured (None with fewer than three claims, or when either side is constant).
     """
-    chosen = sorted((n for n in nodes if n.kind in ("head", "mlp")), key=lambda n: -n.influence)[:max(0, top)]
+    slot_writes = slot_writes or {}
+    chosen = sorted((n for n in nodes if n.kind in ("head", "mlp") or n.id in slot_writes),
+                    key=lambda n: -n.influence)[:max(0, top)]
     if not chosen:
         return (), None
-    prepared = prepare(handle, ids, [intervention_of(n) for n in chosen], masks=masks)
+    blocks = [n for n in chosen if n.kind in ("head", "mlp")]
+    by_node = {}
+    if blocks:
+        prepared = prepare(handle, ids, [intervention_of(n) for n in blocks], masks=masks)
+        by_node = dict(zip((n.id for n in blocks), zip(prepared.keys, prepared.fns)))
     rows: dict = {}
-    for row, (key, fn) in enumerate(zip(prepared.keys, prepared.fns), start=1):
+    for row, n in enumerate(chosen, start=1):
+        key, fn = by_node.get(n.id) or ((n.layer, "mlp.out"), _subtract(n.position, slot_writes[n.id]))
         rows.setdefault(key, []).append((row, fn))
     table = {key: [_per_row(items)] for key, items in rows.items()}
     logits = forward_last(handle, ids.expand(len(chosen) + 1, -1), merge_fns(mask_fns(tuple(masks)), table))

@@ -14,6 +14,15 @@ frozen MLP gates act(gate(x)). What is left is linear in the residual stream:
 and equals the real model on the prompt. Its gradient is therefore the same at every input, which is
 what makes each node's value the exact sum of its incoming edges (adjacency.py).
 
+Where a transcoder replaces a layer's MLP (circuit-tracer's replacement model), that layer computes
+instead its features, the set active on the prompt frozen (a Top-K ReLU is linear on it), plus a
+constant error term, the real MLP output minus the transcoder's reconstruction:
+
+    x_{l+1} = h_l + ((s2_l * h_l - b_dec') @ W_enc + b_enc) * active_l @ W_dec + b_dec + error_l
+
+A transcoder must read the MLP's normalised input (blocks.L.ln2.hook_normalized, harvest site mlp.in)
+and write its output (blocks.L.hook_mlp_out): `check_transcoder` refuses any other.
+
 The families whose blocks have this shape (pre-norm RMSNorm, gated MLP) are listed in
 GRAPH_FAMILIES with where their parts live; others are refused with UnsupportedModel.
 """
@@ -25,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch.spec import HeadMask
-from ..common.errors import UnsupportedModel
+from ..common.errors import BadInput, UnsupportedModel
 from ..hooks.dispatch import hooks
 from ..hooks.masking import mask_fns, merge_fns
 from ..interventions.metrics import Target
@@ -155,6 +164,54 @@ def capture_run(handle: ModelHandle, ids: torch.Tensor, target: Target, masks: t
                      gates=torch.stack(gates), readout=readout, readout_bias=bias, output=output, masked=masked)
 
 
+TRANSCODER_SITES = ("blocks.{}.ln2.hook_normalized", "blocks.{}.hook_mlp_out")  # read, written
+
+
+def check_transcoder(handle: ModelHandle, layer: int, tc) -> None:
+    """BadInput unless `tc` is a transcoder of this layer's MLP (right sites, layer and widths)."""
+    arch = handle.arch
+    if not 0 <= layer < arch.n_layers:
+        raise BadInput(f"a transcoder for layer {layer}: the model has layers 0-{arch.n_layers - 1}")
+    want = tuple(s.format(layer) for s in TRANSCODER_SITES)
+    cfg = tc.cfg
+    if (cfg.hook_name, cfg.hook_name_out) != want:
+        raise BadInput(f"the transcoder given for layer {layer} reads {cfg.hook_name} and writes "
+                       f"{cfg.hook_name_out}; a graph replaces layer {layer}'s MLP only with one reading {want[0]} "
+                       f"and writing {want[1]}")
+    if cfg.d_in != arch.d_model or cfg.out_dim != arch.d_model:
+        raise BadInput(f"the transcoder for layer {layer} maps width {cfg.d_in} to {cfg.out_dim}; the model's "
+                       f"d_model is {arch.d_model}")
+
+
+@dataclass(frozen=True, eq=False)
+class FrozenTranscoder:
+    """A transcoder standing in for one layer's MLP on one prompt: weights float32, active set frozen."""
+
+    w_enc: torch.Tensor  # (d_model, d_sae)
+    b_enc: torch.Tensor  # (d_sae,) with b_dec's share folded in when the transcoder subtracts it from its input
+    w_dec: torch.Tensor  # (d_sae, d_model)
+    b_dec: torch.Tensor  # (d_model,)
+    active: torch.Tensor  # (pos, d_sae) float: 1 where the feature is among the top k and positive
+    acts: torch.Tensor  # (pos, d_sae) the activations on the prompt (0 where inactive)
+    error: torch.Tensor  # (pos, d_model) the real MLP output minus the reconstruction
+
+
+def freeze_transcoder(handle: ModelHandle, layer: int, tc, run: FrozenRun) -> FrozenTranscoder:
+    check_transcoder(handle, layer, tc)
+    w_enc, w_dec = tc.W_enc.detach().float(), tc.W_dec.detach().float()
+    b_dec = tc.b_dec.detach().float()
+    b_enc = tc.b_enc.detach().float()
+    if tc.cfg.apply_b_dec_to_input:
+        b_enc = b_enc - b_dec @ w_enc
+    with torch.no_grad():
+        n2 = run.s_mlp[layer] * (run.x[layer] + run.attn_out[layer])
+        vals, idx = torch.relu(n2 @ w_enc + b_enc).topk(tc.cfg.k, dim=-1)
+        active = torch.zeros(n2.shape[0], w_enc.shape[1]).scatter_(-1, idx, (vals > 0).float())
+        acts = (n2 @ w_enc + b_enc) * active
+        error = run.mlp_out[layer] - (acts @ w_dec + b_dec)
+    return FrozenTranscoder(w_enc, b_enc, w_dec, b_dec, active, acts, error)
+
+
 def head_keep(handle: ModelHandle, run: FrozenRun) -> torch.Tensor:
     """(layer, head) 1.0 for a live head, 0.0 for one masked at the projection."""
     keep = torch.ones(handle.arch.n_layers, handle.arch.n_heads)
@@ -177,14 +234,16 @@ def frozen_mlp(handle: ModelHandle, layer: int, h: torch.Tensor, run: FrozenRun)
     return _linear(getattr(mlp, parts.down), run.gates[layer] * _linear(getattr(mlp, parts.up), run.s_mlp[layer] * h))
 
 
-def frozen_forward(handle: ModelHandle, run: FrozenRun, deltas: dict | None = None, grad: bool = False):
+def frozen_forward(handle: ModelHandle, run: FrozenRun, deltas: dict | None = None, grad: bool = False,
+                   transcoders: dict[int, FrozenTranscoder] | None = None):
     """The frozen model's output from the embeddings, and the residual streams it went through.
 
     deltas: {("x", l): (pos, d_model)} added to the residual stream before layer l (l = n_layers: after
     the last), {("h", l): ...} added after layer l's attention. Returns (output (), xs, hs): xs the
     n_layers + 1 streams x_l, hs the n_layers streams h_l; with grad=True they are in autograd's graph.
+    transcoders: layer -> the frozen transcoder computing that layer's MLP output.
     """
-    arch, deltas = handle.arch, deltas or {}
+    arch, deltas, transcoders = handle.arch, deltas or {}, transcoders or {}
     keep = head_keep(handle, run)
     with torch.inference_mode(False), torch.set_grad_enabled(grad):
         x = run.x[0].clone().requires_grad_(grad)
@@ -199,7 +258,12 @@ def frozen_forward(handle: ModelHandle, run: FrozenRun, deltas: dict | None = No
             if ("h", layer) in deltas:
                 h = h + deltas[("h", layer)]
             hs.append(h)
-            x = h + frozen_mlp(handle, layer, h, run)
+            tc = transcoders.get(layer)
+            if tc is None:
+                x = h + frozen_mlp(handle, layer, h, run)
+            else:
+                acts = ((run.s_mlp[layer] * h) @ tc.w_enc + tc.b_enc) * tc.active
+                x = h + acts @ tc.w_dec + tc.b_dec + tc.error
         if ("x", arch.n_layers) in deltas:
             x = x + deltas[("x", arch.n_layers)]
         xs.append(x)
@@ -207,13 +271,14 @@ def frozen_forward(handle: ModelHandle, run: FrozenRun, deltas: dict | None = No
     return output, xs, hs
 
 
-def output_gradients(handle: ModelHandle, run: FrozenRun) -> tuple[torch.Tensor, torch.Tensor]:
+def output_gradients(handle: ModelHandle, run: FrozenRun,
+                     transcoders: dict[int, FrozenTranscoder] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """d output / d residual stream in the frozen model, from one backward pass.
 
     Returns g_x (layer + 1, pos, d_model), the gradient at x_l (where tokens and layer l - 1's MLP
     write), and g_h (layer, pos, d_model), at h_l (where layer l's heads write).
     """
-    output, xs, hs = frozen_forward(handle, run, grad=True)
+    output, xs, hs = frozen_forward(handle, run, grad=True, transcoders=transcoders)
     with torch.inference_mode(False):
         grads = torch.autograd.grad(output, xs + hs)
     n = handle.arch.n_layers + 1

@@ -39,6 +39,7 @@ class Node:
     value: float  # total effect on the output in the frozen model (the output: its logit or logit difference)
     influence: float  # share of the output's influence through this node (circuit-tracer's node influence)
     cumulative: float  # share carried by this node and every more influential one (circuit-tracer's "influence")
+    activation: float = 0.0  # a transcoder feature's activation on the prompt (0 for other kinds)
 
     @property
     def label(self) -> str:
@@ -48,6 +49,8 @@ class Node:
             return f"{self.layer}.{self.head}@{self.position}"
         if self.kind == "logit":
             return "output"
+        if self.kind == "feature":
+            return f"{self.layer}/{self.feature}@{self.position}"
         return f"{self.kind} {self.layer}@{self.position}"
 
 
@@ -206,7 +209,7 @@ def circuit_tracer_json(graph: AttributionGraph, slug: str = "synapse-graph") ->
             "node_id": n.id, "feature": feature, "layer": layer, "ctx_idx": n.position, "feature_type": types[n.kind],
             "token_prob": 0.0, "is_target_logit": n.kind == "logit", "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": n.id,
             "clerp": f"Output {graph.output_label} = {graph.output_value:.3f}" if n.kind == "logit" else n.label,
-            "influence": n.cumulative, "activation": n.value})
+            "influence": n.cumulative, "activation": n.activation if n.kind == "feature" else n.value})
     links = [dataclasses.asdict(e) for e in graph.edges]
     return {
         "metadata": {"slug": slug, "scan": graph.model, "transcoder_list": [], "prompt_tokens": list(graph.prompt_tokens),

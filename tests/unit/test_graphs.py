@@ -227,3 +227,55 @@ def test_a_graph_is_a_stored_experiment_listed_reopened_and_exported(llama, tmp_
     store.put("0" * 16, "trace", "not a graph")
     with pytest.raises(StoreError, match="not an experiment|not an attribution graph"):
         load_graph(store, "0" * 16)
+
+
+def _transcoder(layer: int, seed: int = 0, reads: str = "blocks.{}.ln2.hook_normalized"):
+    from synapse_core.features.sae import SAEConfig, TopKSAE
+
+    cfg = SAEConfig(d_in=32, d_sae=64, k=4, hook_name=reads.format(layer), d_out=32,
+                    hook_name_out=f"blocks.{layer}.hook_mlp_out", apply_b_dec_to_input=False)
+    tc = TopKSAE(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return tc
+
+
+def test_transcoder_features_and_error_nodes_keep_every_node_exact(llama):
+    from synapse_core.graphs.frozen import freeze_transcoder
+
+    _, _, run = _run(llama)
+    tc = _transcoder(1)
+    adj = build_adjacency(llama, run, {1: tc})
+    kinds = list(adj.kinds)
+    n_feat, n_err = kinds.count("feature"), kinds.count("error")
+    assert 0 < n_feat <= 4 * run.n_pos and n_err == run.n_pos and kinds.count("mlp") == run.n_pos  # layer 0 stays
+    assert float(adj.completeness_errors().max()) < 1e-4
+    frozen = {1: freeze_transcoder(llama, 1, tc, run)}
+    base, _, _ = frozen_forward(llama, run, transcoders=frozen)
+    assert float(base) == pytest.approx(run.output, abs=1e-4)  # the replacement model equals the real one here
+    i = max((j for j, k in enumerate(kinds) if k == "feature"), key=lambda j: abs(float(adj.values[j])))
+    delta = torch.zeros(run.n_pos, 32)
+    delta[int(adj.positions[i])] = -adj.writes[i]
+    out, _, _ = frozen_forward(llama, run, {("x", 2): delta}, transcoders=frozen)
+    assert float(out - base) == pytest.approx(-float(adj.values[i]), abs=1e-5) and abs(float(adj.values[i])) > 1e-4
+    assert float(adj.activations[i]) > 0
+    infl = influence(adj.matrix, torch.eye(adj.layout.n_nodes)[-1], adj.layout.levels())
+    replacement, completeness = graph_scores(adj.matrix, adj.kinds, infl)
+    assert 0 < replacement < 1 and 0 < completeness < 1  # error nodes carry some of the influence
+
+
+def test_graph_with_a_transcoder_and_a_mismatched_one(llama):
+    g = build_graph(llama, PROMPT, "ran", "sat", transcoders={1: _transcoder(1)}, node_threshold=0.95, claims=20)
+    assert g.completeness_error < 1e-4 and g.replacement_score < 1
+    kinds = {n.kind for n in g.pool}
+    assert {"feature", "error"} <= kinds and "mlp" in kinds
+    checked = {g.node(c.node).kind for c in g.claims}
+    assert checked & {"feature", "error"}  # features and error nodes are ablated too
+    doc = circuit_tracer_json(with_thresholds(g, 0.95, 1.0))
+    assert {"cross layer transcoder", "mlp reconstruction error"} & {n["feature_type"] for n in doc["nodes"]}
+    with pytest.raises(BadInput, match="reads blocks.1.hook_resid_post"):
+        build_graph(llama, PROMPT, "ran", transcoders={1: _transcoder(1, reads="blocks.{}.hook_resid_post")})
+    with pytest.raises(BadInput, match="reads blocks.1.ln2.hook_normalized .* layer 0"):
+        build_graph(llama, PROMPT, "ran", transcoders={0: _transcoder(1)})
