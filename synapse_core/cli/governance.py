@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 from ..common.errors import BadInput
 from . import common as cli
+from . import cost as cost_cli
 
 
 def _governance(args):
@@ -46,12 +47,15 @@ def _quarantine_args(p):
     sub.add_parser("clear", help="release every head of the model")
     audit = sub.add_parser("audit", help="the audit log of every change")
     audit.add_argument("--limit", type=int, default=None)
+    cost_cli.add_parser(sub)
     for parser in sub.choices.values():
         cli.add_model_args(parser)
         parser.add_argument("--by", default=None, help="who makes the change (default: the OS user)")
 
 
 def _quarantine(args):
+    if args.action == "cost":
+        return cost_cli.run(args)
     gov = _governance(args)
     if args.action == "add":
         report = gov.quarantine(args.heads, args.reason, args.level, args.experiment, args.effect, args.prompt,
