@@ -67,7 +67,9 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
     shown = metrics(at)
     rho = result.spearman_rho
     assert rho is not None and rho > 0.5 and shown["Spearman's rho"] == f"{rho:.2f}"
-    assert shown["Target rate"] == "100% → 0%"
+    rate = next(m for m in at.metric if m.label == "Target rate")  # short enough not to be cut in its card
+    assert (rate.value, rate.proto.delta) == ("0%", f"from 100%; random {result.circuit.random_target_rate:.0%}")
+    assert max(len(m.value) for m in at.metric) <= 6
     random = next(m for m in at.metric if m.label == "Random sets (mean)")
     c = result.circuit
     assert (random.value, random.proto.delta) == (f"{c.random_mean:+.3f}", f"± {c.random_std:.3f} std")
