@@ -25,6 +25,10 @@ def _graph_args(p):
     p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept nodes carry")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="share of influence the kept edges carry")
     p.add_argument("--claims", type=int, default=20, help="top nodes checked by real ablation (default 20)")
+    p.add_argument("--transcoder", action="append", default=[], metavar="NAME",
+                   help="replace a layer's MLP blocks by this transcoder's features and error nodes (a catalog name "
+                        "or an SAELens folder reading blocks.L.ln2.hook_normalized, writing blocks.L.hook_mlp_out); "
+                        "repeatable")
     p.add_argument("--out", default=None, metavar="FILE", help="write the graph in circuit-tracer's JSON format")
     p.add_argument("--csv-prefix", default=None, metavar="P", help="write P.nodes.csv and P.edges.csv")
 
@@ -47,7 +51,7 @@ def _graph(args):
         raise BadInput("the prompt is empty: give --prompt some text")
     handle = cli.load(args)
     config = graph_config(handle, args.prompt, args.target, args.contrast, cli.run_masks(args, handle),
-                          args.node_threshold, args.edge_threshold, args.claims)
+                          args.node_threshold, args.edge_threshold, args.claims, tuple(args.transcoder))
     exp = run_graph(handle, config)
     g = exp.result
     if args.out:

@@ -279,3 +279,19 @@ def test_graph_with_a_transcoder_and_a_mismatched_one(llama):
         build_graph(llama, PROMPT, "ran", transcoders={1: _transcoder(1, reads="blocks.{}.hook_resid_post")})
     with pytest.raises(BadInput, match="reads blocks.1.ln2.hook_normalized .* layer 0"):
         build_graph(llama, PROMPT, "ran", transcoders={0: _transcoder(1)})
+
+
+def test_transcoders_by_folder_are_part_of_the_stored_config(llama, tmp_path):
+    from synapse_core.experiments.graphs import graph_config, run_graph
+    from synapse_core.experiments.store import ResultStore
+
+    folder = _transcoder(1).save(tmp_path / "tc1")
+    config = graph_config(llama, PROMPT, "ran", "sat", claims=0, transcoders=(str(folder),))
+    assert config.transcoders[0][0] == str(folder) and len(config.transcoders[0][1]) == 16
+    assert config.hash != graph_config(llama, PROMPT, "ran", "sat", claims=0).hash
+    exp = run_graph(llama, config, ResultStore(tmp_path / "results"))
+    assert any(n.kind == "feature" for n in exp.result.pool) and exp.result.completeness_error < 1e-4
+    with pytest.raises(BadInput, match="two transcoders for layer 1"):
+        graph_config(llama, PROMPT, "ran", transcoders=(str(folder), str(folder)))
+    with pytest.raises(BadInput, match="no SAE named 'layers.9.nothing.sae'"):
+        graph_config(llama, PROMPT, "ran", transcoders=("layers.9.nothing.sae",))
