@@ -239,7 +239,8 @@ def catalog_tree(catalog: Catalog, entries: Iterable = ()) -> dict:
 
 EVIDENCE_MARKER = f"**Quarantined by Synapse** ({TAG_FQN})"
 _EVIDENCE_KEYS = (("reason", "reason"), ("level", "level"), ("experiment", "experiment"),
-                  ("effect", "verified effect"), ("prompt", "prompt"), ("target", "target"), ("by", "by"), ("at", "at"))
+                  ("effect", "verified effect"), ("cost", "cost"), ("prompt", "prompt"), ("target", "target"),
+                  ("by", "by"), ("at", "at"))
 
 
 _QUOTED = ("prompt", "target")

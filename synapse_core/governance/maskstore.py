@@ -85,6 +85,7 @@ class MaskEntry:
     at: str = ""  # ISO time (UTC) of the quarantine
     by: str = ""  # who: the browser session's name, the OS user, or the OpenMetadata user
     source: str = "local"  # local | openmetadata (pulled by sync or a change event)
+    cost: str | None = None  # the cost report kept as evidence: "report <hash>: <verdict>" (experiments.costs)
 
     @property
     def mask(self) -> HeadMask:
@@ -150,7 +151,7 @@ def _to_ref(head) -> HeadRef:
 
 
 def _evidence(entry: MaskEntry) -> tuple:
-    return entry.level, entry.reason, entry.experiment, entry.effect, entry.prompt, entry.target
+    return entry.level, entry.reason, entry.experiment, entry.effect, entry.prompt, entry.target, entry.cost
 
 
 _FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -270,7 +271,8 @@ class MaskStore:
 
     def add(self, model, heads: Iterable, *, reason: str, level: str = "projection", experiment: str | None = None,
             effect: str | None = None, prompt: str | None = None, target: str | None = None,
-            by: str | None = None, source: str = "local", keep_existing: bool = False, also=None) -> StoreChange:
+            by: str | None = None, source: str = "local", keep_existing: bool = False, also=None,
+            cost: str | None = None) -> StoreChange:
         """Quarantine heads ("L.H", HeadRef, HeadMask or (layer, head)) at `level`.
 
         A head already quarantined is re-recorded with the new evidence, unless keep_existing
@@ -293,13 +295,14 @@ class MaskStore:
             for ref in refs:
                 old = current.get(ref)
                 new = MaskEntry(ref.layer, ref.head, level, reason.strip(), experiment, effect, prompt, target,
-                                at, by, source)
+                                at, by, source, cost)
                 if old is not None and (keep_existing or _evidence(old) == _evidence(new)):
                     continue
                 current[ref] = new
             return current
 
-        return self._change(ident, "add", by, source, edit, reason=reason.strip(), experiment=experiment, also=also)
+        return self._change(ident, "add", by, source, edit, reason=reason.strip(), experiment=experiment, also=also,
+                            detail_fn=(lambda added, removed: f"cost {cost}") if cost else None)
 
     def remove(self, model, heads: Iterable, *, by: str | None = None, source: str = "local",
                missing_ok: bool = False, also=None) -> StoreChange:

@@ -13,16 +13,17 @@ a future server. Results are frozen dataclasses; nothing is cached on the object
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 from ..arch.spec import MASK_LEVELS
-from ..common.errors import SynapseError
+from ..common.errors import BadInput, SynapseError
 from ..common.files import atomic_write_json, read_json
 from .catalog import Catalog, CatalogRow, build_catalog, catalog_rows, thought_path_edges
-from .changeevents import apply_changes, table_layers, tag_changes
+from .changeevents import apply_changes, event_time, table_layers, tag_changes
 from .maskstore import (
     AuditRecord,
     MaskEntry,
@@ -36,6 +37,7 @@ from .maskstore import (
 from .omconfig import HOST_ENV, TOKEN_ENV, OMConfig, OMError, config_from_env
 from .outbox import Delivery, Outbox, OutboxItem
 
+log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 BOOTSTRAP_DEADLINE_S = 60.0  # the catalog of a 30-layer model is ~150 requests; every other action: 10 s
 OPENMETADATA = "openmetadata"
@@ -239,11 +241,13 @@ class Governance:
                             local + tail)
 
     def quarantine(self, heads, reason: str, level: str = "projection", experiment: str | None = None,
-                   effect: str | None = None, prompt: str | None = None, target: str | None = None) -> ChangeReport:
-        """Quarantine heads ("L.H", HeadRef or (layer, head)) with the evidence that justified it."""
+                   effect: str | None = None, prompt: str | None = None, target: str | None = None,
+                   cost: str | None = None) -> ChangeReport:
+        """Quarantine heads ("L.H", HeadRef or (layer, head)) with the evidence that justified it; `cost`
+        is the cost report's hash and verdict (experiments.costs.evidence), kept with each head."""
         change = self.store.add(self.identity, heads, reason=reason, level=level, experiment=experiment,
                                 effect=effect, prompt=prompt, target=target, by=self.user,
-                                also=partial(self._queue, "add"))
+                                also=partial(self._queue, "add"), cost=cost)
         return self._report("quarantine", "Quarantined", change, "add")
 
     def release(self, heads) -> ChangeReport:
@@ -333,19 +337,35 @@ class Governance:
             client.close()
 
     def poll(self) -> PollReport:
-        """Read the server's change-event feed since the last poll and apply tag changes locally."""
-        cursor_path = self.store.path / f"{self.identity.fingerprint}.events.json"
+        """Read the server's change-event feed since the last poll and apply tag changes locally.
+
+        A head changed locally while the feed was read, or with a change in the outbox (then or
+        now), keeps its local state: the feed's events about it are older than that change. An
+        event the feed holds malformed is skipped (and logged), so it never blocks the cursor."""
+        ident = self.identity
+        cursor_path = self.store.path / f"{ident.fingerprint}.events.json"
         since = int(read_json(cursor_path, {}).get("since") or time.time() * 1000 - FIRST_POLL_LOOKBACK_MS)
+        with self.store.locked(ident):
+            base = {e.ref: e for e in self.store.list(ident)}
+            held = self.outbox.pending_heads(ident)
         client = self.client()
         try:
             events = client.events(since)
         finally:
             client.close()
-        layers = table_layers(self.identity)
-        changes = [c for e in events for c in tag_changes(e, layers, self.identity.n_heads)]
-        skip = {(i.entry.layer, i.entry.head) for i in self.pending()}
-        result = apply_changes(self.store, self.identity, changes, skip)
-        stamps = [int(e.get("timestamp") or 0) for e in events]
+        layers = table_layers(ident)
+        changes, stamps = [], []
+        for event in events:
+            try:
+                stamps.append(event_time(event))
+                changes.extend(tag_changes(event, layers, ident.n_heads))
+            except BadInput as exc:
+                log.warning("poll: skipped a malformed event from %s: %s", self.config.server, exc)
+        with self.store.locked(ident):
+            now = {e.ref: e for e in self.store.list(ident)}
+            moved = {ref for ref in set(base) | set(now) if base.get(ref) != now.get(ref)}
+            skip = {(r.layer, r.head) for r in held | moved | self.outbox.pending_heads(ident)}
+            result = apply_changes(self.store, ident, changes, skip)
         since = max([since, *(s + 1 for s in stamps)])
         atomic_write_json(cursor_path, {"since": since})
         return PollReport(len(events), len(changes), tuple(e.short for e in result.added),
