@@ -94,7 +94,8 @@ def sweep_frame(r: SweepResult) -> pd.DataFrame:
 
 
 def top_effects(r: SweepResult, n: int = 10) -> pd.DataFrame:
-    frame = sweep_frame(r)
+    """The n largest |effect| rows, heads named "L.H" only (the full names are in the map's tooltip and the JSON)."""
+    frame = sweep_frame(r).drop(columns=["full name"])
     return frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:n]].reset_index(drop=True)
 
 
