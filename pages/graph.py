@@ -22,11 +22,15 @@ target_col, contrast_col = st.columns(2)
 target = target_col.text_input("Target token", key="graph_target", placeholder="e.g. ' Sydney' (mind the space)")
 contrast = contrast_col.text_input("Contrast token (optional)", key="graph_contrast", placeholder="e.g. ' Canberra'",
                                    help="With a contrast the output is logit(target) − logit(contrast).")
+choices = ug.transcoder_choices()
+transcoders = st.multiselect("Transcoders (their features and error nodes replace a layer's MLP blocks)", choices,
+                             key="graph_transcoders") if choices else []
 
 if st.button("Build graph", key="graph_run_button", type="primary"):
     try:
         with st.spinner("Building the graph: one forward pass, batched backward passes, claims by ablation …"):
-            config = graph_config(handle, prompt, target, contrast, core.masks_in_force(handle))
+            config = graph_config(handle, prompt, target, contrast, core.masks_in_force(handle),
+                                  transcoders=tuple(transcoders))
             st.session_state[ug.GRAPH_RUN] = ug.run(handle, config)
         st.session_state.pop(ug.NODE_PICK, None)
     except SynapseError as exc:

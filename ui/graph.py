@@ -15,6 +15,7 @@ from streamlit_agraph import Config, Edge, Node
 from synapse_core.analysis.lens import LensResult, logit_lens
 from synapse_core.common.errors import BadInput, SynapseError
 from synapse_core.experiments.graphs import load_graph, run_graph, save_graph
+from synapse_core.features.catalog import list_saes
 from synapse_core.graphs import supernodes as sn
 from synapse_core.graphs.graph import AttributionGraph
 from ui import core
@@ -103,6 +104,14 @@ def quarantine(handle) -> None:
     else:
         st.session_state[REPORT] = core.report_message(report)
     core.refresh_status()
+
+
+def transcoder_choices() -> list[str]:
+    """Catalog transcoders that can replace an MLP in a graph (they read a layer's MLP input)."""
+    try:
+        return [i.name for i in list_saes() if i.hook_name == f"blocks.{i.layer}.ln2.hook_normalized"]
+    except SynapseError:  # a damaged SAE folder: the graph works without transcoders; Features reports it
+        return []
 
 
 def summary_cards(g: AttributionGraph) -> list[dict]:
