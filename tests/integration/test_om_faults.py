@@ -165,6 +165,49 @@ def test_a_quarantine_made_while_sync_reads_the_server_survives(stub, store):
     assert report.removed == () and [m.short for m in gov.masks()] == ["0.2"]
 
 
+def test_a_quarantine_made_while_poll_reads_the_feed_survives_older_events(stub, store):
+    """Old code applied the feed's older "tag removed" over a quarantine made (and delivered) while
+    the feed was being read: released locally, tagged on the server."""
+    config = OMConfig(stub.url, TOKEN)
+    gov = Governance(MODEL, config, store=store, user="poller")
+    gov.bootstrap()
+    gov.poll()  # the cursor after the bootstrap's events
+    stub.ui_set_tag(LAYER[0], "Head_1", TAG_FQN, present=True, user="alice")
+    stub.ui_set_tag(LAYER[0], "Head_1", TAG_FQN, present=False, user="alice")
+    other = Governance(MODEL, config, store=store, user="bob")
+    real_client = gov.client
+
+    def client():
+        c = real_client()
+        read = c.events
+
+        def events(since):
+            found = read(since)  # the feed has been read: add, then remove of 0.1...
+            assert other.quarantine(["0.1"], reason="made during the poll").delivered == 1  # ...then this
+            return found
+
+        c.events = events
+        return c
+
+    gov.client = client
+    report = gov.poll()
+    assert report.changes == 2 and report.removed == ()
+    assert [m.short for m in gov.masks()] == ["0.1"]
+    assert TAG_FQN in [t["tagFQN"] for t in stub.column(LAYER[0], "Head_1").get("tags", [])]
+
+
+def test_a_malformed_event_in_the_feed_is_skipped_not_a_traceback(stub, store):
+    gov = Governance(MODEL, OMConfig(stub.url, TOKEN), store=store, user="poller")
+    gov.bootstrap()
+    gov.poll()
+    stub.ui_set_tag(LAYER[2], "Head_3", TAG_FQN, present=True, user="alice")
+    for key in ("changeDescription", "incrementalChangeDescription"):  # a server bug: old code died on it
+        stub.state.events[-1][key] = {"fieldsAdded": 5}
+    stub.ui_set_tag(LAYER[2], "Head_0", TAG_FQN, present=True, user="alice")
+    report = gov.poll()
+    assert report.events == 2 and report.added == ("2.0",)  # the good event still applied
+
+
 # ---- the webhook -----------------------------------------------------------------------------
 
 
