@@ -34,14 +34,20 @@ class BuildPlan:
     train_contexts: int = 5000  # 640k tokens, 635k without the first position
     heldout_contexts: int = 400  # 51k tokens for quality and feature statistics
     harvest_batch: int = 16
-    ce_contexts: int = 128  # held-out contexts (16k tokens) run three ways for the CE figures
-    train_tokens: int = 1_500_000  # tokens seen by each SAE (epochs over the harvest as needed)
+    ce_contexts: int = 48  # held-out contexts (6k tokens) run clean, spliced and zeroed for CE
+    # tokens seen by each SAE, by layer (epochs over the harvest as needed); the middle one most
+    train_tokens: tuple[tuple[int, int], ...] = ((15, 1_200_000), (5, 700_000), (25, 700_000))
     d_sae: int = 4608  # 8 x d_model
     k: int = 32
     seed: int = 0
 
     def site_names(self) -> list[str]:
-        return [f"layers.{layer}.{self.site}" for layer in self.layers]
+        """In training order: the layers with the largest budgets first."""
+        order = [layer for layer, _ in self.train_tokens] + [x for x in self.layers if x not in dict(self.train_tokens)]
+        return [f"layers.{layer}.{self.site}" for layer in order if layer in self.layers]
+
+    def tokens_for(self, layer: int) -> int:
+        return dict(self.train_tokens).get(layer, 1_000_000)
 
 
 def log(msg: str) -> None:

@@ -40,16 +40,16 @@ def sae_name(site: str) -> str:
     return f"{site}.sae"  # layers.15.resid.post.sae
 
 
-def train_config(plan) -> TrainConfig:
-    return TrainConfig(d_sae=plan.d_sae, k=plan.k, n_tokens=plan.train_tokens, seed=plan.seed)
+def train_config(plan, layer: int) -> TrainConfig:
+    return TrainConfig(d_sae=plan.d_sae, k=plan.k, n_tokens=plan.tokens_for(layer), seed=plan.seed)
 
 
 def train_stage(handle, plan, work: Path, log) -> dict[str, TopKSAE]:
     store = ActivationStore(work / "harvest-train", limit=plan.train_contexts)
-    tcfg = train_config(plan)
     out = {}
     for site in plan.site_names():
         name, s = sae_name(site), parse_site(site, handle.arch.n_layers)
+        tcfg = train_config(plan, s.layer)
         final = work / "trained" / name
         if (final / "cfg.json").exists():
             out[site] = load_sae(final)
@@ -95,7 +95,7 @@ def train_and_ship(handle, plan, work: Path, out_dir: Path, log) -> dict[str, Pa
         shipped[site].save(folder)
         meta = {
             "name": name, "site": site, "model": handle.name if hasattr(handle, "name") else "bundled",
-            "quality": q.to_json(), "train": asdict(train_config(plan)),
+            "quality": q.to_json(), "train": asdict(train_config(plan, sae.cfg.hook_layer)),
             "harvest": {"train_contexts": plan.train_contexts, "heldout_contexts": plan.heldout_contexts,
                         "ce_contexts": plan.ce_contexts, "ctx_len": plan.ctx_len, "exclude_bos": True},
             "corpus": [s.package for s in SOURCES], "top_contexts_from": "heldout",
