@@ -10,8 +10,9 @@ Head column is a field named `columns.Head_N.tags`, split with the SDK's FQN gra
 checks `X-OM-Signature: sha256=<hex HMAC-SHA256 of the body>` with SYNAPSE_OM_WEBHOOK_SECRET
 (answering 401 and touching nothing when it does not match), and applies the tag changes.
 The signature covers only the body, so a captured request stays valid: events older than a
-window (5 minutes) or already applied (by event id and timestamp) are refused, and an event older
-than one already applied for the same head changes nothing. A bad Content-Length is answered 400
+window (5 minutes) are refused (409), one already applied (by event id and timestamp) changes
+nothing (200, so a server retrying a delivery is not failed), and an event older than one already
+applied for the same head changes nothing. A bad Content-Length is answered 400
 before anything is read; connections time out; at most MAX_THREADS are served at once.
 """
 from __future__ import annotations
@@ -202,10 +203,12 @@ def _event_key(event: Mapping, stamp: int) -> str:
 
 def apply_webhook_events(store: MaskStore, model, events: list[dict], layers: Mapping[str, int], skip_heads=(),
                          window_s: float = REPLAY_WINDOW_S, now_ms: int | None = None):
-    """Apply pushed events once each, newest intent last: (StoreChange, tag changes applied, refusals).
+    """Apply pushed events once each, newest intent last:
+    (StoreChange, tag changes applied, refusals, duplicates).
 
-    Refused: an event without a timestamp, older than `window_s` (or as far in the future), or
-    already applied (same id and timestamp). BadInput when an event is malformed (nothing applied)."""
+    Refused: an event without a timestamp, or older than `window_s` (or as far in the future).
+    A duplicate (same id and timestamp as one applied) changes nothing: a replay, or the server
+    retrying a delivery. BadInput when an event is malformed (nothing applied)."""
     ident = identity_of(model)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     window_ms = int(window_s * 1000)
@@ -216,7 +219,7 @@ def apply_webhook_events(store: MaskStore, model, events: list[dict], layers: Ma
         state = read_json(path, {})
         seen = state.get("seen") if isinstance(state.get("seen"), dict) else {}
         heads = state.get("heads") if isinstance(state.get("heads"), dict) else {}
-        refused, changes = [], []
+        refused, changes, duplicates = [], [], 0
         for stamp, event, found in changes_of:
             key = _event_key(event, stamp)
             if not stamp:
@@ -225,14 +228,14 @@ def apply_webhook_events(store: MaskStore, model, events: list[dict], layers: Ma
                 refused.append(f"event {key} is {abs(now_ms - stamp) / 1000:.0f} s from now, outside the "
                                f"{window_s:g} s window")
             elif key in seen:
-                refused.append(f"event {key} was already applied")
+                duplicates += 1
             else:
                 seen[key] = stamp
                 changes.extend(found)
         result = apply_changes(store, ident, changes, skip_heads, heads)
         seen = {k: v for k, v in seen.items() if isinstance(v, int) and now_ms - v <= window_ms}
         atomic_write_json(path, {"seen": seen, "heads": heads})
-    return result, len(changes), refused
+    return result, len(changes), refused, duplicates
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -317,17 +320,20 @@ def make_webhook_server(model, secret: str, store: MaskStore | None = None, host
             except ValueError:
                 return self._answer(400, {"error": "the body is not JSON"})
             try:
-                result, changes, refused = apply_webhook_events(
+                result, changes, refused, duplicates = apply_webhook_events(
                     store, ident, events_in(payload), layers, skip_heads() if skip_heads else frozenset(), window_s)
             except BadInput as exc:
                 return self._answer(400, {"error": f"malformed event: {exc}"})
             except SynapseError as exc:  # the mask store cannot be read or written: say so, change nothing
                 return self._answer(500, {"error": str(exc)})
-            if refused and not changes and not (result.added or result.removed):
+            if refused:
                 log.warning("webhook: refused %d event(s): %s", len(refused), "; ".join(refused[:3]))
+            if refused and not changes and not duplicates:
                 return self._answer(409, {"error": "nothing applied", "refused": refused})
+            # a duplicate is answered 200 (nothing changes): a server retrying a delivery must not fail
             self._answer(200, {"changes": changes, "added": [e.short for e in result.added],
-                               "removed": [e.short for e in result.removed], "refused": refused})
+                               "removed": [e.short for e in result.removed], "refused": refused,
+                               "duplicates": duplicates})
 
         do_PUT = do_POST  # a subscription may be configured to PUT
 
