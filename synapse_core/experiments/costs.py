@@ -4,9 +4,11 @@ so the store keeps it too (kind "textscore", not listed): a report then runs the
 the new masks."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
-from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_report
+from ..analysis.cheapest import CheapestSet, TradeoffPoint, pareto_front
+from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_config, cost_report
 from ..analysis.perplexity import TextDocs, TextScore, score_text
 from ..common.errors import BadInput, StoreError
 from ..model.loading import ModelHandle
@@ -64,3 +66,24 @@ def _as_cost(exp) -> Experiment:
 def evidence(exp: Experiment) -> str:
     """What a quarantine keeps of its cost report: the report's hash and its verdict."""
     return f"report {exp.hash}: {_as_cost(exp).result.verdict()}"
+
+
+def tradeoff(handle: ModelHandle, search: CheapestSet, masks=(), text: TextDocs | None = None, window: int = 256,
+             capabilities=None, targets=(), store: ResultStore | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[TradeoffPoint]:
+    """Each set on the greedy path and the full circuit at (target effect, perplexity increase), from
+    one stored cost report each (level projection, as discovery ablates), the Pareto front marked."""
+    store = store or ResultStore()
+    sets = [(f"greedy {len(s.heads)}", s.heads, s.effect) for s in search.steps]
+    if frozenset(search.circuit) not in {frozenset(s.heads) for s in search.steps}:
+        sets.append(("circuit", search.circuit, search.circuit_effect))
+    points = []
+    for done, (label, heads, effect) in enumerate(sets):
+        config = cost_config(handle, heads, masks, text, window, capabilities, targets)
+        exp = run_cost(handle, config, text, store)
+        r = exp.result
+        points.append(TradeoffPoint(label, tuple(heads), effect, effect / search.circuit_effect,
+                                    None if r.text is None else r.text.perplexity_change, len(r.flipped), exp.hash))
+        if progress:
+            progress(done + 1, len(sets))
+    return pareto_front(points)
