@@ -103,11 +103,13 @@ with st.form("graph_supernode_form"):
         col.form_submit_button(action.capitalize(), on_click=ug.edit_supernodes, args=(action,))
 st.caption("Groups start as nodes whose output directions have cosine above 0.7; the names are stored with the graph.")
 
-st.subheader("Heads to quarantine")
+st.subheader("Heads to Discover or quarantine")
 with st.container(border=True):
     st.multiselect("Heads", ug.heads_in(shown), key="graph_quarantine_heads")
     st.text_input("Reason", key="graph_quarantine_reason", value=f"in the graph of {g.output_label} ({current.key})")
-    st.button("Quarantine", key="graph_quarantine_button", on_click=ug.quarantine, args=(handle,))
+    quarantine_col, discover_col = st.columns(2)
+    quarantine_col.button("Quarantine", key="graph_quarantine_button", on_click=ug.quarantine, args=(handle,))
+    discover_col.button("Verify on Discover", key="graph_to_discover", on_click=ug.to_discover)
     st.caption("Masks the heads at the projection in every later run; verify them first on **Discover** with the "
                "same prompt and target, which ablates each head at every position.")
 if ug.REPORT in st.session_state:

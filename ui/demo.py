@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ui import core
 from ui import discover as ui_discover
+from ui import graph as ui_graph
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,10 @@ FILLED_KEYS = (
     "trace_prompt", "trace_max_new",
     "discover_mode", "discover_prompt", "discover_target", "discover_contrast", "discover_top_k", "discover_pairs",
     "ablate_site", "ablate_heads", "ablate_op", "ablate_prompt", "ablate_target", "ablate_contrast",
+    "graph_prompt", "graph_target", "graph_contrast",
 )
 # Results of an earlier prompt: dropped, so each page opens on the example ready to Run.
-STALE_RESULTS = (core.TRACE_RUN, core.LAST_DISCOVERY, core.ABLATE_RUN, ui_discover.QUARANTINE_HEADS,
+STALE_RESULTS = (core.TRACE_RUN, core.LAST_DISCOVERY, core.ABLATE_RUN, ui_graph.GRAPH_RUN, ui_discover.QUARANTINE_HEADS,
                  ui_discover.QUARANTINE_REASON)
 
 WALKTHROUGH = """\
@@ -74,6 +76,7 @@ def fill(state: MutableMapping, key: str) -> Example:
         "discover_contrast": example.contrast, "discover_top_k": DISCOVER_TOP_K, "discover_pairs": DISCOVER_PAIRS,
         "ablate_site": "attn.head", "ablate_heads": example.heads, "ablate_op": "zero",
         "ablate_prompt": example.prompt, "ablate_target": example.target, "ablate_contrast": example.contrast,
+        "graph_prompt": example.prompt, "graph_target": example.target, "graph_contrast": example.contrast,
         LOADED: example.key,
     })
     for stale in STALE_RESULTS:

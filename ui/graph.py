@@ -19,6 +19,7 @@ from synapse_core.features.catalog import list_saes
 from synapse_core.graphs import supernodes as sn
 from synapse_core.graphs.graph import AttributionGraph
 from ui import core
+from ui import discover as ui_discover
 
 GRAPH_RUN = "graph_run"  # the GraphRun the page shows
 OPENED_LINK = "graph_opened_link"  # the ?experiment= hash already opened
@@ -112,6 +113,16 @@ def transcoder_choices() -> list[str]:
         return [i.name for i in list_saes() if i.hook_name == f"blocks.{i.layer}.ln2.hook_normalized"]
     except SynapseError:  # a damaged SAE folder: the graph works without transcoders; Features reports it
         return []
+
+
+def to_discover() -> None:
+    """Button callback: the graph's prompt, target and contrast written into the Discover page's widgets,
+    whose verification ablates each head at every position."""
+    g = st.session_state[GRAPH_RUN].graph
+    st.session_state.update({"discover_mode": ui_discover.SINGLE, "discover_prompt": g.prompt,
+                             "discover_target": g.target, "discover_contrast": g.contrast or ""})
+    st.session_state[REPORT] = ("info", ("Discover is filled with this prompt, target and contrast: open it and "
+                                         "press Run."))
 
 
 def summary_cards(g: AttributionGraph) -> list[dict]:

@@ -44,6 +44,10 @@ def test_clicking_the_hallucination_example_fills_every_page(where):
     assert at.text_input(key="ablate_target").value == " Sydney"
     assert at.text_input(key="ablate_contrast").value == " Canberra"
 
+    at.switch_page("pages/graph.py").run()
+    assert at.text_area(key="graph_prompt").value == "The capital of Australia is the city of"
+    assert (at.text_input(key="graph_target").value, at.text_input(key="graph_contrast").value) == (" Sydney", " Canberra")
+
     # Back to Trace after two other pages: the prompt is still there (demo.keep).
     at.switch_page("pages/trace.py").run()
     assert at.text_area(key="trace_prompt").value == "The capital of Australia is the city of"

@@ -86,6 +86,16 @@ def test_supernodes_are_stored_with_the_graph_and_the_share_link_reopens_it():
     assert any(s.name == "my pair" for s in again.session_state[ug.GRAPH_RUN].graph.supernodes)
 
 
+def test_verify_on_discover_fills_the_discover_page():
+    at = build(graph_page())
+    at.button(key="graph_to_discover").click().run()
+    assert "Discover is filled" in at.info[0].value
+    at.switch_page("pages/discover.py").run()
+    assert at.text_area(key="discover_prompt").value == PROMPT
+    assert (at.text_input(key="discover_target").value, at.text_input(key="discover_contrast").value) == \
+        (" Sydney", " Canberra")
+
+
 def test_a_target_of_two_tokens_is_refused():
     at = build(graph_page(), target=" Canberra and", contrast="")
     assert at.error and "is 2 tokens" in at.error[0].value
