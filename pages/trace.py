@@ -20,19 +20,21 @@ with st.expander("Sampling (default: greedy)"):
     seed = st.number_input("Seed", min_value=0, value=0, key="trace_seed")
 
 if st.button("Run", key="trace_run_button", type="primary"):
-    bar = st.progress(0.0, text="starting")
+    bar, early = st.progress(0.0, text="starting"), st.empty()
     try:
         masks = core.masks_in_force(handle)
         sampling = Sampling(temperature=float(temperature), top_k=int(top_k), seed=int(seed))
         st.session_state[core.TRACE_RUN] = core.run_trace(
             handle, prompt, int(max_new), masks, sampling,
             progress=lambda done, total, message: bar.progress(min(done / total, 1.0), text=message),
+            on_generated=lambda gen: early.code(gen.generated_text, language=None, wrap_lines=True),
         )
     except SynapseError as exc:
         st.session_state.pop(core.TRACE_RUN, None)
         core.show_error(exc)
     finally:
         bar.empty()
+        early.empty()
 
 core.open_shared_link("trace_opened_link", core.TRACE_RUN, core.open_trace)
 
@@ -52,21 +54,34 @@ for message in (*result.warnings, *run.notes):
 backend, fidelity, depth, masked = st.columns(4)
 backend.metric("Backend", f"{handle.device.type} · {core.short_dtype(handle)}", border=True,
               help=f"Hugging Face transformers on {handle.device} with {core.short_dtype(handle)} weights")
-fidelity.metric("Trace fidelity", f"{result.fidelity.token_agreement:.0%}",
-                delta=f"max logit diff {result.fidelity.max_logit_diff:.1e}", delta_color="off", delta_arrow="off",
-                border=True,
-                help="Share of generated tokens that an untraced re-run (same masks, no capture hooks) "
-                     f"also picks; max logit diff = {result.fidelity.max_logit_diff:.3g}")
-depth.metric("Lineage depth", result.thought_path.depth, border=True,
-             help="Hops on the thought path from Prompt_Ingress to Response_Egress")
+fid = result.fidelity
+fidelity.metric("Trace fidelity", f"{fid.argmax_agreement:.0%}",
+                delta=f"max logit diff {fid.max_logit_diff:.1e}", delta_color="off", delta_arrow="off", border=True,
+                help="The heads are read in one forward pass over the prompt and the generated tokens (masks on). "
+                     "Its logits are compared with the logits generation chose from, whatever the sampling: share "
+                     f"of steps with the same argmax, and the largest logit difference ({fid.max_logit_diff:.3g}).")
+path = result.thought_path
+depth.metric("Lineage depth", f"{path.depth} of {len(path.heads)}", border=True,
+             help=f"Heads on the thought path that carry more than {path.share_threshold:.0%} of their layer's "
+                  f"activity (twice an even share among {handle.arch.n_heads} heads). It changes with the input.")
 masked.metric("Masked heads", len(result.masked_heads), border=True,
-              help=", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none")
+              delta=("every one reads 0" if fid.masks_verified else f"not 0: {', '.join(fid.unverified_masks)}")
+              if result.masked_heads else None, delta_color="off" if fid.masks_verified else "inverse",
+              delta_arrow="off",
+              help=(", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none") +
+                   ". Checked in the fidelity pass: a masked head's input to the output projection must be 0.")
+if not fid.masks_verified:
+    st.error(f"Masks that did not take effect: {', '.join(fid.unverified_masks)} (their output was not 0).")
 
 st.subheader("Generated text")
 st.code(result.generated_text, language=None, wrap_lines=True)
+prob = st.column_config.ProgressColumn
 st.dataframe(ui_trace.token_table(result), key="trace_tokens", column_config={
-    "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
-st.caption("Probability of each generated token when it was chosen." +
+    ui_trace.SAMPLED_P: prob(ui_trace.SAMPLED_P, min_value=0.0, max_value=1.0, format="%.3f"),
+    ui_trace.MODEL_P: prob(ui_trace.MODEL_P, min_value=0.0, max_value=1.0, format="%.3f")})
+st.caption("p (sampled from): the token's probability under the distribution it was drawn from (temperature "
+           f"{result.sampling.temperature:g}, top-k {result.sampling.top_k or 'off'}; greedy puts all of it on the "
+           "argmax, so 1). p (model): under the model itself, temperature 1 over the whole vocabulary." +
            (" Generation stopped on an end-of-sequence token." if result.stopped_on_eos else ""))
 
 outputs = list(range(len(result.generated_tokens)))
@@ -102,21 +117,29 @@ st.subheader("Thought path")
 nodes, edges, config = ui_trace.path_graph(result)
 with st.container(key="trace_path_graph_box"):
     agraph(nodes=nodes, edges=edges, config=config)
-st.caption("The most active head of each layer, chained. Node size: activity; edge labels: weight and kind. "
-           f"Edges: {result.thought_path.edge_method}.")
+st.caption("The most active head of each layer, chained. Node size: activity; edge labels: composition score and "
+           f"kind. Edges: {path.edge_method}.")
 st.dataframe(ui_trace.path_table(result), key="trace_path_table", hide_index=True)
 
 st.subheader("Token influence")
 target = st.selectbox("Generated token to explain", outputs, format_func=token_label, key="trace_influence_output")
-try:
-    with st.spinner("Computing token influence …"):
-        influence = core.influence(handle, result, target)
-    with st.container(key="trace_influence_chart_box"):
-        st.altair_chart(ui_trace.influence_bars(influence), key="trace_influence_chart")
-    st.caption(f"Influence: {influence.method}. log p({ui_trace.show_token(influence.output_token)}) = "
-               f"{influence.log_prob:.3f}, masks of the run in force.")
-except SynapseError as exc:
-    core.show_error(exc)
+if st.button("Compute influence", key="trace_influence_button"):
+    st.session_state[core.TRACE_INFLUENCE] = (run.key, target)
+if st.session_state.get(core.TRACE_INFLUENCE) != (run.key, target):
+    st.caption("Integrated gradients from the pad token's embedding: tens of forward and backward passes over the "
+               "context (about a minute on a busy CPU), so it runs when you press **Compute influence**.")
+else:
+    try:
+        with st.spinner("Integrating gradients along the path from the baseline …"):
+            influence = core.influence(handle, result, target)
+        with st.container(key="trace_influence_chart_box"):
+            st.altair_chart(ui_trace.influence_bars(influence), key="trace_influence_chart")
+        st.caption(f"Influence: {influence.method}. log p({ui_trace.show_token(influence.output_token)}) = "
+                   f"{influence.log_prob:.3f}, at the baseline {influence.baseline_log_prob:.3f}; completeness "
+                   f"error {influence.completeness_error:.2%} (the scores' sum against the change); "
+                   f"{influence.passes} batched passes; masks of the run in force.")
+    except SynapseError as exc:
+        core.show_error(exc)
 
 st.subheader("Downloads")
 json_col, heads_col, steps_col = st.columns(3)

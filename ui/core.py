@@ -21,7 +21,7 @@ from synapse_core.analysis.patterns import attention_matrix
 from synapse_core.analysis.trace import TraceResult
 from synapse_core.arch.spec import MASK_LEVELS, HeadMask, normalize_masks, parse_heads
 from synapse_core.common import settings
-from synapse_core.common.errors import BadInput, SynapseError
+from synapse_core.common.errors import BadInput, StoreError, SynapseError
 from synapse_core.experiments import records as _experiments
 from synapse_core.experiments import traces as trace_store
 from synapse_core.experiments.store import ResultStore
@@ -37,6 +37,7 @@ LOAD_ERROR = "model_load_error"  # message of the last failed load, shown once u
 MASK_TEXT = "session_mask_heads"  # sidebar text input: heads to mask, "3.1, 5.2"
 MASK_LEVEL = "session_mask_level"  # sidebar selectbox: projection | attention | both
 TRACE_RUN = "trace_run"  # the TraceRun shown on the Trace page
+TRACE_INFLUENCE = "trace_influence_asked"  # (run key, output index) whose token influence was asked for
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,12 @@ def result_store(path: str) -> ResultStore:
     return ResultStore(path)
 
 
-def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress) -> TraceRun:
-    """Trace through the result store: the same request twice is answered from disk."""
+def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress, on_generated=None) -> TraceRun:
+    """Trace through the result store: the same request twice is answered from disk. on_generated
+    sees the generated tokens before the heads are read (the page shows them first)."""
     config = trace_experiment_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
-    exp = trace_store.run_trace(handle, config, result_store(str(settings.subdir("results"))), progress)
+    exp = trace_store.run_trace(handle, config, result_store(str(settings.subdir("results"))), progress,
+                                on_generated=on_generated)
     return TraceRun(exp.result, exp.hash, exp.from_cache, exp.notes)
 
 
@@ -120,6 +123,8 @@ def open_trace(key: str) -> TraceRun:
     exp = trace_store.load_trace(result_store(str(settings.subdir("results"))), key)
     if exp is None:
         raise BadInput(f"no experiment {key} is stored here: it was deleted, or made on another machine")
+    if "model_probs" not in vars(exp.result):  # stored before activity, fidelity and probabilities were redefined
+        raise StoreError(f"trace {key} was made by an older Synapse whose numbers meant other things: run it again")
     return TraceRun(exp.result, exp.hash, True, ())
 
 

@@ -27,10 +27,15 @@ def labels(tokens) -> list[str]:
     return [f"{i:>3} {show_token(t)}" for i, t in enumerate(tokens)]
 
 
+SAMPLED_P = "p (sampled from)"  # column: p(token) under the distribution generation drew it from
+MODEL_P = "p (model)"  # column: p(token) under the model at temperature 1 over the whole vocabulary
+
+
 def token_table(result: TraceResult) -> pd.DataFrame:
     return pd.DataFrame({
         "token": [show_token(t) for t in result.generated_tokens],
-        "probability": result.token_probs,
+        SAMPLED_P: result.sampled_probs,
+        MODEL_P: result.model_probs,
     })
 
 
@@ -115,7 +120,7 @@ def influence_bars(result: InfluenceResult) -> alt.Chart:
     frame["sign"] = np.where(frame["score"] >= 0, "raises p(token)", "lowers p(token)")
     rows, y_axis = heatmap_rows(len(names))
     return alt.Chart(frame).mark_bar().encode(
-        x=alt.X("score:Q", title="contribution to log p(output token)"),
+        x=alt.X("score:Q", title="share of log p(token) − log p(baseline)"),
         y=alt.Y("token:N", sort=names, title="source token", axis=y_axis),
         color=alt.Color("sign:N", scale=alt.Scale(domain=["raises p(token)", "lowers p(token)"],
                                                    range=["#2e7d32", "#c62828"])),
@@ -133,11 +138,13 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
 
     Positions are fixed (physics off): a chain has no structure for a layout engine to find, and a
     single hierarchical row or column of 32 levels is fitted into the box at a zoom that leaves the
-    nodes as dots. Node size grows with activity (relative to the path's most active head).
+    nodes as dots. Node size grows with activity (relative to the path's most active head). Edge labels
+    carry composition scores only; activity shares are in the table.
     """
     path = result.thought_path
-    top = max((h.score for h in path.heads), default=1.0) or 1.0
-    activity = {f"L{h.layer}.H{h.head}": h.score for h in path.heads}
+    top = max((h.activity for h in path.heads), default=1.0) or 1.0
+    activity = {f"L{h.layer}.H{h.head}": h.activity for h in path.heads}
+    share = {f"L{h.layer}.H{h.head}": h.share for h in path.heads}
     nodes = []
     for i, name in enumerate(path.nodes):
         row, col = divmod(i, PATH_PER_ROW)
@@ -148,8 +155,9 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
                               title=f"{short_name(name)}: activity {activity[name]:.3f}", **place))
         else:
             nodes.append(Node(id=name, label=name, size=16, shape="diamond", color="#F4A261", **place))
-    edges = [Edge(e.source, e.target, label=f"{e.weight:.2f} {_edge_kind(e.kind)}",
-                  title=f"{e.kind}: {e.weight:.4f}", color="#8a93a6") for e in path.edges]
+    edges = [Edge(e.source, e.target, label="" if e.composition is None else f"{e.composition:.2f} {e.kind}",
+                  title=e.kind if e.composition is None else f"{e.kind}-composition {e.composition:.4f}",
+                  color="#8a93a6") for e in path.edges]
     rows = -(-len(path.nodes) // PATH_PER_ROW)
     config = Config(
         height=min(max(PATH_DY * rows, 300), 900), directed=True, physics=False, hierarchical=False,
@@ -163,17 +171,19 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
     return nodes, edges, config
 
 
-def _edge_kind(kind: str) -> str:
-    """Short edge kind for the graph label ("activity_share" would crowd the row); the table has the full one."""
-    return "share" if kind == "activity_share" else kind
-
-
 def path_table(result: TraceResult) -> pd.DataFrame:
-    activity = {f"L{h.layer}.H{h.head}": h.score for h in result.thought_path.heads}
+    """One row per head on the thought path; each column one kind of number: activity (ACTIVITY_METHOD),
+    share of the layer's activity, whether that share counts toward the lineage depth, and the
+    composition score (and its kind) of the edge from the previous head."""
+    path = result.thought_path
+    incoming = {e.target: e for e in path.edges}
     return pd.DataFrame([
-        {"from": short_name(e.source), "to": short_name(e.target), "weight": e.weight, "kind": e.kind,
-         "activity of 'to'": activity.get(e.target)}
-        for e in result.thought_path.edges
+        {"head": f"{h.layer}.{h.head}", "activity": h.activity, "share of layer": h.share,
+         "counts toward depth": h.share > path.share_threshold,
+         "composition from previous": incoming[f"L{h.layer}.H{h.head}"].composition,
+         "composition kind": None if incoming[f"L{h.layer}.H{h.head}"].composition is None
+         else incoming[f"L{h.layer}.H{h.head}"].kind}
+        for h in path.heads
     ])
 
 

@@ -1,6 +1,8 @@
-"""Traced generation: which heads were active for each generated token, and where they looked."""
+"""Traced generation: which heads wrote most into the residual stream for each generated token, and
+where they looked."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,10 +16,19 @@ from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt, token_strings
 from .composition import composition_scores
 
-ACTIVITY_METHOD = "L2 norm of the head's output (its slice of the output projection's input) at the predicting position"
+ACTIVITY_METHOD = (
+    "|| W_O^h z_h ||: the L2 norm of what the head writes into the residual stream (its output z_h through its "
+    "slice W_O^h of the attention output projection, bias left out) at the position that predicts the token"
+)
+DOMINANT_FACTOR = 2.0  # a path head "carries" its layer when its share exceeds this many even shares (1/n_heads)
 EDGE_METHOD = (
     "head-to-head edges: the largest of the Q-, K- and V-composition scores of the two heads' weights "
-    "(layer norms left out); Prompt_Ingress/Response_Egress edges: the head's share of its layer's activity"
+    "(layer norms left out); Prompt_Ingress and Response_Egress edges carry no score"
+)
+PROBS_METHOD = (
+    "sampled: p(token) under the distribution it was drawn from (softmax of logits / temperature over the top-k; "
+    "greedy puts all the mass on the argmax, so 1); model: p(token) under the model's own distribution "
+    "(temperature 1, whole vocabulary)"
 )
 
 
@@ -25,15 +36,23 @@ EDGE_METHOD = (
 class HeadScore:
     layer: int
     head: int
-    score: float
+    score: float  # the head's activity (ACTIVITY_METHOD), mean over generated tokens
+
+
+@dataclass(frozen=True)
+class PathHead:
+    layer: int
+    head: int
+    activity: float  # ACTIVITY_METHOD, mean over generated tokens
+    share: float  # activity / the sum of every head's activity in this layer, in [0, 1]
 
 
 @dataclass(frozen=True)
 class PathEdge:
     source: str
     target: str
-    weight: float
-    kind: str  # "q", "k", "v" composition, or "activity_share"
+    composition: float | None  # largest Q/K/V composition score in [0, 1]; None on ingress/egress edges
+    kind: str  # "q", "k" or "v" (which composition is largest), or "ingress" / "egress"
 
 
 @dataclass(frozen=True)
@@ -41,25 +60,43 @@ class ThoughtPath:
     """The most active head of each layer, chained from Prompt_Ingress to Response_Egress."""
 
     nodes: tuple[str, ...]  # "Prompt_Ingress", "L0.H3", ..., "Response_Egress"
-    heads: tuple[HeadScore, ...]  # the head on the path in each layer, with its activity
+    heads: tuple[PathHead, ...]  # the head on the path in each layer
     edges: tuple[PathEdge, ...]
+    share_threshold: float  # a head above this share of its layer's activity counts toward the depth
     edge_method: str = EDGE_METHOD
 
     @property
     def depth(self) -> int:
-        """Number of hops from Prompt_Ingress to Response_Egress."""
-        return len(self.edges)
+        """Lineage depth: how many heads on the path carry more than share_threshold of their layer's
+        activity (DOMINANT_FACTOR even shares). Between 0 and n_layers; it changes with the input."""
+        return sum(h.share > self.share_threshold for h in self.heads)
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How faithfully the traced run reproduces the same model run without any capture hooks.
+    """Whether the trace's numbers come from the computation that chose the tokens.
 
-    The whole sequence is re-run once (masks on, capture off, no KV cache) and its logits at each
-    predicting position are compared with the logits the traced generation chose from."""
+    Activity and attention are read in one forward pass over the prompt and the generated tokens
+    (masks on, capture hooks on, no KV cache). Its logits at each predicting position are compared with
+    the logits the KV-cached generation chose from, whatever the sampling; separately, every masked
+    head's input to the output projection is read in that pass and must be exactly zero."""
 
-    token_agreement: float  # fraction of generated tokens that are also the re-run's argmax
+    argmax_agreement: float  # fraction of steps where the pass's argmax equals the argmax generation saw
     max_logit_diff: float  # largest absolute logit difference over all steps and the vocabulary
+    masks_verified: bool  # every masked head read exactly 0 at every position (True when none is masked)
+    unverified_masks: tuple[str, ...] = ()  # "L.H" of masked heads that did not read 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generated tokens, before the heads are read (what the page shows first)."""
+
+    generated_ids: tuple[int, ...]
+    generated_tokens: tuple[str, ...]
+    generated_text: str
+    sampled_probs: tuple[float, ...]  # PROBS_METHOD "sampled", per generated token
+    model_probs: tuple[float, ...]  # PROBS_METHOD "model", per generated token
+    stopped_on_eos: bool
 
 
 @dataclass(frozen=True)
@@ -74,8 +111,9 @@ class TraceResult:
     generated_ids: tuple[int, ...]
     generated_tokens: tuple[str, ...]
     generated_text: str
-    token_probs: tuple[float, ...]  # probability of each generated token when it was chosen
-    step_activity: np.ndarray  # (step, layer, head)
+    sampled_probs: tuple[float, ...]  # p(token) under the distribution it was drawn from (PROBS_METHOD)
+    model_probs: tuple[float, ...]  # p(token) under the model at temperature 1, whole vocabulary
+    step_activity: np.ndarray  # (step, layer, head): ACTIVITY_METHOD
     head_activity: np.ndarray  # (layer, head): mean over steps
     attention: np.ndarray | None  # (step, layer, head, k_pos): the predicting position's attention; None when not captured
     top_heads: tuple[HeadScore, ...]
@@ -86,6 +124,7 @@ class TraceResult:
     stopped_on_eos: bool
     warnings: tuple[str, ...] = ()
     activity_method: str = ACTIVITY_METHOD
+    probs_method: str = PROBS_METHOD
 
     @property
     def n_layers(self) -> int:
@@ -98,6 +137,7 @@ class TraceResult:
 
     def to_json(self) -> dict:
         """The CLI's --json object (plus a few fields); plain lists and numbers only."""
+        path = self.thought_path
         return {
             "model": self.model,
             "fingerprint": self.fingerprint,
@@ -105,16 +145,20 @@ class TraceResult:
             "prompt_tokens": list(self.prompt_tokens),
             "generated_tokens": list(self.generated_tokens),
             "generated_text": self.generated_text,
-            "token_probs": [round(p, 6) for p in self.token_probs],
+            "sampled_probs": [round(p, 6) for p in self.sampled_probs],
+            "model_probs": [round(p, 6) for p in self.model_probs],
+            "probs_method": self.probs_method,
             "head_activity": np.round(self.head_activity, 6).tolist(),
             "top_heads": [asdict(h) for h in self.top_heads],
             "thought_path": {
-                "nodes": list(self.thought_path.nodes),
-                "edges": [asdict(e) for e in self.thought_path.edges],
-                "depth": self.thought_path.depth,
-                "edge_method": self.thought_path.edge_method,
+                "nodes": list(path.nodes),
+                "heads": [asdict(h) for h in path.heads],
+                "edges": [asdict(e) for e in path.edges],
+                "depth": path.depth,
+                "depth_share_threshold": round(path.share_threshold, 6),
+                "edge_method": path.edge_method,
             },
-            "fidelity": asdict(self.fidelity),
+            "fidelity": {**asdict(self.fidelity), "unverified_masks": list(self.fidelity.unverified_masks)},
             "masked_heads": [f"{m.layer}.{m.head}" for m in self.masked_heads],
             "mask_levels": {f"{m.layer}.{m.head}": m.level for m in self.masked_heads},
             "sampling": asdict(self.sampling),
@@ -135,65 +179,48 @@ def generate(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(
 
 def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
           sampling: Sampling = Sampling(), capture_attention: bool = True, top_k: int = 10,
-          progress: Progress | None = None) -> TraceResult:
-    """Generate from the prompt while recording every head's activity and attention.
+          progress: Progress | None = None,
+          on_generated: Callable[[Generation], None] | None = None) -> TraceResult:
+    """Generate from the prompt, then read every head's activity and attention at the positions that
+    predicted the generated tokens.
 
-    Activity and attention are read at the position that predicts each generated token. Masked
-    heads are switched off before the activity is read, so a masked head reads 0.
+    Generation runs at full speed (masks on, no capture); `on_generated` sees its tokens at once.
+    Then one forward pass over the prompt and the generated tokens reads the heads (capture hooks on,
+    masks first, so a masked head reads 0) and checks fidelity (see Fidelity): its logits must be the
+    ones generation chose from, and every masked head must read exactly 0.
     """
     arch = handle.arch
     masks = normalize_masks(masks, arch)
     input_ids, warnings = encode_prompt(handle, prompt, reserve=max_new_tokens)
-    n_prompt = input_ids.shape[1]
-    activity = [[] for _ in range(arch.n_layers)]  # per layer, per step: (head,)
-    patterns = [[] for _ in range(arch.n_layers)]  # per layer, per step: (head, k_pos)
-
-    def read_z(layer):
-        def fn(z):  # (batch, pos, head, d_head)
-            activity[layer].append(z[0, -1].float().norm(dim=-1).cpu())
-        return fn
-
-    def read_pattern(layer):
-        def fn(probs):  # (batch, head, q_pos, k_pos)
-            patterns[layer].append(probs[0, :, -1].float().cpu())
-        fn.last_row = True  # lets the layer keep its fused attention kernel
-        return fn
-
-    capture = {(layer, "attn.z"): [read_z(layer)] for layer in range(arch.n_layers)}
-    if capture_attention:
-        capture.update({(layer, "attn.pattern"): [read_pattern(layer)] for layer in range(arch.n_layers)})
-    fns = merge_fns(mask_fns(masks), capture)  # masks first: a masked head reads 0
-    decoded = decode(handle, input_ids, max_new_tokens, fns, sampling, progress)
+    decoded = decode(handle, input_ids, max_new_tokens, mask_fns(masks), sampling, progress)
     n_steps = len(decoded.ids)
-
-    step_activity = torch.stack([torch.stack(per_layer) for per_layer in activity], dim=1).numpy()
-    attention = None
-    if capture_attention:
-        attention = np.zeros((n_steps, arch.n_layers, arch.n_heads, n_prompt + n_steps - 1), dtype=np.float32)
-        for layer, rows in enumerate(patterns):
-            for step, row in enumerate(rows):
-                attention[step, layer, :, : row.shape[-1]] = row.numpy()
-    head_activity = step_activity.mean(axis=0)
-    probs = torch.softmax(decoded.step_logits, dim=-1)
-    token_probs = tuple(float(probs[i, t]) for i, t in enumerate(decoded.ids))
+    generation = Generation(
+        generated_ids=tuple(decoded.ids), generated_tokens=tuple(token_strings(handle, decoded.ids)),
+        generated_text=handle.tokenizer.decode(decoded.ids), sampled_probs=decoded.sampled_probs,
+        model_probs=decoded.model_probs, stopped_on_eos=decoded.stopped_on_eos)
+    if on_generated:
+        on_generated(generation)
     if progress:
-        progress(n_steps, n_steps, "checking trace fidelity")
+        progress(n_steps, n_steps, "reading every head and checking fidelity")
+    step_activity, attention, fidelity = _read_heads(handle, input_ids[0], decoded, masks, capture_attention)
+    head_activity = step_activity.mean(axis=0)
     return TraceResult(
         model=handle.name,
         fingerprint=handle.fingerprint,
         prompt=prompt,
         prompt_ids=tuple(int(i) for i in input_ids[0]),
         prompt_tokens=tuple(token_strings(handle, input_ids[0])),
-        generated_ids=tuple(decoded.ids),
-        generated_tokens=tuple(token_strings(handle, decoded.ids)),
-        generated_text=handle.tokenizer.decode(decoded.ids),
-        token_probs=token_probs,
+        generated_ids=generation.generated_ids,
+        generated_tokens=generation.generated_tokens,
+        generated_text=generation.generated_text,
+        sampled_probs=generation.sampled_probs,
+        model_probs=generation.model_probs,
         step_activity=step_activity,
         head_activity=head_activity,
         attention=attention,
         top_heads=top_heads(head_activity, top_k),
         thought_path=thought_path(handle, head_activity),
-        fidelity=_fidelity(handle, input_ids, decoded, masks),
+        fidelity=fidelity,
         masked_heads=masks,
         sampling=sampling,
         stopped_on_eos=decoded.stopped_on_eos,
@@ -201,31 +228,87 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
     )
 
 
+def _read_heads(handle: ModelHandle, prompt_ids: torch.Tensor, decoded: Decoded, masks: tuple[HeadMask, ...],
+                capture_attention: bool) -> tuple[np.ndarray, np.ndarray | None, Fidelity]:
+    """One forward pass over prompt + generated tokens (the last one excluded: it predicts nothing
+    kept). Returns step activity (step, layer, head), attention (step, layer, head, k_pos) or None,
+    and the fidelity of the pass against the generation's logits."""
+    arch = handle.arch
+    n_steps = len(decoded.ids)
+    first = prompt_ids.shape[0] - 1  # the position that predicts generated token 0
+    full = torch.cat([prompt_ids, torch.tensor(decoded.ids[:-1], dtype=prompt_ids.dtype, device=prompt_ids.device)])
+    masked_by_layer: dict[int, list[int]] = {}
+    for m in masks:
+        masked_by_layer.setdefault(m.layer, []).append(m.head)
+    z_rows: list = [None] * arch.n_layers  # per layer: (step, head, d_head)
+    rows: list = [None] * arch.n_layers  # per layer: (head, step, k_pos)
+    masked_peak: dict[int, torch.Tensor] = {}  # layer -> (masked head,) largest |z| over every position
+
+    def read_z(layer):
+        heads = masked_by_layer.get(layer)
+
+        def fn(z):  # (batch, pos, head, d_head): what enters the output projection, masks applied
+            z_rows[layer] = z[0, first:].detach().float().clone()
+            if heads:
+                masked_peak[layer] = z[0][:, heads].detach().abs().amax(dim=(0, 2)).cpu()
+        return fn
+
+    def read_pattern(layer):
+        def fn(probs):  # (batch, head, q_pos, k_pos)
+            rows[layer] = probs[0, :, first:].detach().float().cpu()
+        return fn
+
+    capture = {(layer, "attn.z"): [read_z(layer)] for layer in range(arch.n_layers)}
+    if capture_attention:
+        capture.update({(layer, "attn.pattern"): [read_pattern(layer)] for layer in range(arch.n_layers)})
+    with torch.inference_mode(), hooks(handle.model, arch, merge_fns(mask_fns(masks), capture)):  # masks first
+        logits = handle.model(input_ids=full[None], logits_to_keep=n_steps).logits[0].float().cpu()
+        activity = torch.stack([_written_norms(arch, layer, z_rows[layer]) for layer in range(arch.n_layers)], dim=1)
+    attention = None
+    if capture_attention:
+        attention = torch.stack(rows).permute(2, 0, 1, 3).contiguous().numpy()  # (step, layer, head, k_pos)
+    unverified = tuple(f"{m.layer}.{m.head}" for m in masks
+                       if m.layer not in masked_peak
+                       or float(masked_peak[m.layer][masked_by_layer[m.layer].index(m.head)]) != 0.0)
+    chosen = decoded.step_logits.float()
+    fidelity = Fidelity(
+        argmax_agreement=float((logits.argmax(-1) == chosen.argmax(-1)).float().mean()),
+        max_logit_diff=float((logits - chosen).abs().max()),
+        masks_verified=not unverified,
+        unverified_masks=unverified,
+    )
+    return activity.cpu().numpy(), attention, fidelity
+
+
+def _written_norms(arch, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """|| W_O^h z_h || for every head: z (step, head, d_head) -> (step, head)."""
+    w_o = arch.head_weights(layer)["W_O"].detach().float()  # (head, d_model, d_head)
+    return torch.einsum("hmd,shd->shm", w_o, z.to(w_o.device)).norm(dim=-1).cpu()
+
+
 def top_heads(head_activity: np.ndarray, k: int) -> tuple[HeadScore, ...]:
     """The k heads with the largest score in a (layer, head) array, largest first."""
-    flat = np.argsort(head_activity, axis=None)[::-1][:k]
+    flat = np.argsort(head_activity, axis=None, kind="stable")[::-1][:k]
     n_heads = head_activity.shape[1]
     return tuple(HeadScore(int(i // n_heads), int(i % n_heads), float(head_activity.flat[i])) for i in flat)
 
 
 def thought_path(handle: ModelHandle, head_activity: np.ndarray) -> ThoughtPath:
-    """Chain the most active head of every layer, weighting edges as EDGE_METHOD says."""
-    heads = tuple(HeadScore(layer, int(row.argmax()), float(row.max())) for layer, row in enumerate(head_activity))
+    """Chain the most active head of every layer; edges carry composition scores as EDGE_METHOD says.
+
+    head_activity: (layer, head). The depth counts path heads whose share of their layer's activity
+    exceeds DOMINANT_FACTOR / n_heads."""
+    heads = []
+    for layer, row in enumerate(head_activity):
+        head, total = int(row.argmax()), float(row.sum())
+        heads.append(PathHead(layer, head, float(row[head]), float(row[head]) / total if total > 0 else 0.0))
     labels = [f"L{h.layer}.H{h.head}" for h in heads]
-    shares = [h.score / max(float(head_activity[h.layer].sum()), 1e-12) for h in heads]
-    edges = [PathEdge("Prompt_Ingress", labels[0], round(shares[0], 6), "activity_share")]
+    edges = [PathEdge("Prompt_Ingress", labels[0], None, "ingress")]
     weights: dict = {}
     for a, b, la, lb in zip(heads, heads[1:], labels, labels[1:]):
         scores = composition_scores(handle.arch, a.layer, b.layer, weights, [a.head], [b.head])
         kind, value = max(((k, float(v[0, 0])) for k, v in scores.items()), key=lambda kv: kv[1])
         edges.append(PathEdge(la, lb, round(value, 6), kind))
-    edges.append(PathEdge(labels[-1], "Response_Egress", round(shares[-1], 6), "activity_share"))
-    return ThoughtPath(nodes=("Prompt_Ingress", *labels, "Response_Egress"), heads=heads, edges=tuple(edges))
-
-
-def _fidelity(handle: ModelHandle, input_ids: torch.Tensor, decoded: Decoded, masks) -> Fidelity:
-    full = torch.cat([input_ids[0], torch.tensor(decoded.ids[:-1], dtype=input_ids.dtype, device=input_ids.device)])
-    with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(masks)):
-        logits = handle.model(input_ids=full[None], logits_to_keep=len(decoded.ids)).logits[0].float().cpu()
-    agree = (logits.argmax(-1) == torch.tensor(decoded.ids)).float().mean()
-    return Fidelity(token_agreement=float(agree), max_logit_diff=float((logits - decoded.step_logits).abs().max()))
+    edges.append(PathEdge(labels[-1], "Response_Egress", None, "egress"))
+    return ThoughtPath(nodes=("Prompt_Ingress", *labels, "Response_Egress"), heads=tuple(heads), edges=tuple(edges),
+                       share_threshold=DOMINANT_FACTOR / head_activity.shape[1])

@@ -27,6 +27,7 @@ class TraceConfig:
     capture_attention: bool
     kind: str = "trace"
     metric: str = "activity"  # what the History list calls this kind's measure
+    layout: int = 2  # TraceResult's fields (2: written-norm activity, logit fidelity, two probabilities); a new hash
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -52,14 +53,15 @@ def trace_experiment_config(handle: ModelHandle, prompt: str, max_new_tokens: in
 
 
 def run_trace(handle: ModelHandle, config: TraceConfig, store: ResultStore | None = None,
-              progress: Progress | None = None) -> Experiment:
+              progress: Progress | None = None, on_generated=None) -> Experiment:
     """Answer from the store when this exact trace was made before, else trace and store it."""
     store = store or ResultStore()
     entry, from_cache, notes = store.get_or_compute(
         config.kind, config,
         lambda: StoredExperiment(config, trace(handle, config.prompt, config.max_new_tokens, masks=config.masks,
                                                sampling=config.sampling,
-                                               capture_attention=config.capture_attention, progress=progress)),
+                                               capture_attention=config.capture_attention, progress=progress,
+                                               on_generated=on_generated)),
         summary={"kind": config.kind, "model": config.model, "title": config.title})
     return _as_trace(Experiment(entry.result.config, entry.result.result, entry.key, entry.created, from_cache,
                                 tuple(notes)) if isinstance(entry.result, StoredExperiment) else entry)

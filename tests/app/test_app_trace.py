@@ -1,5 +1,8 @@
 """The Trace page on the real bundled model, driven by widget keys."""
 import json
+import re
+
+import numpy as np
 
 from app_helpers import PROMPT, app, chart_frames, metrics, run_trace, trace_page
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
@@ -14,7 +17,11 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     shown = metrics(at)
     assert shown["Trace fidelity"] == "100%"
     assert shown["Masked heads"] == "0"
-    assert shown["Lineage depth"] == "31"  # 30 layers: ingress -> 30 heads -> egress
+    result = at.session_state[core.TRACE_RUN].result
+    path = result.thought_path
+    # heads above two even shares (2/9) of their layer's activity; it used to read 31 whatever the input
+    assert shown["Lineage depth"] == f"{sum(h.share > 2 / 9 for h in path.heads)} of 30"
+    assert 0 < path.depth < 30
     assert shown["Backend"] == "cpu · float32"  # short enough not to be cut off in its card
     backend = next(m for m in at.metric if m.label == "Backend")
     assert "transformers" in backend.proto.help
@@ -25,16 +32,24 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert not at.success and at.caption[0].value == (
         f"Computed and stored · experiment `{key}` · [share link](trace?experiment={key})")
 
-    activity, attention, influence = chart_frames(at)
+    tokens, table = (frame.value for frame in at.dataframe)  # the token table, then the path table
+    assert list(tokens.columns) == ["token", "p (sampled from)", "p (model)"]
+    assert tokens["p (sampled from)"].eq(1.0).all()  # greedy: all the mass on the argmax
+    assert 0.5 < tokens["p (model)"].iloc[0] < 1.0  # ' Paris'
+    assert list(table.columns) == ["head", "activity", "share of layer", "counts toward depth",
+                                   "composition from previous", "composition kind"]
+    assert table["share of layer"].between(0, 1).all() and table["composition from previous"].iloc[1:].between(0, 1).all()
+    assert table["composition from previous"].iloc[:1].isna().all()  # layer 0's head has no previous head
+
+    activity, attention = chart_frames(at)  # token influence waits for its button
     assert len(activity) == 30 * 9 and activity["activity"].gt(0).all()
-    n_prompt = len(at.session_state[core.TRACE_RUN].result.prompt_tokens)
+    n_prompt = len(result.prompt_tokens)
     # output token 0: its context is the prompt; causal rows each sum to 1
     assert attention["query"].nunique() == n_prompt
     assert attention.groupby("query")["attention"].sum().round(4).eq(1).all()
-    assert len(influence) == n_prompt
-    # every row of the three charts keeps its label: 18 px a row, no overlap thinning
+    # every row of the charts keeps its label: 18 px a row, no overlap thinning
     specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
-    for spec, n_rows in zip(specs, (30, n_prompt, n_prompt), strict=True):
+    for spec, n_rows in zip(specs, (30, n_prompt), strict=True):
         assert spec["encoding"]["y"]["axis"]["labelOverlap"] is False
         assert spec["height"] >= 18 * n_rows
     args = json.loads(at.get("component_instance")[0].proto.json_args)
@@ -45,7 +60,8 @@ def test_trace_renders_every_view_and_a_second_run_comes_from_the_cache():
     assert all(n["label"] == n["id"] for n in (nodes[0], nodes[-1]))
     assert all(n["label"] == f"{n['id'][1:].replace('.H', '.')}" for n in nodes[1:-1])
     assert len(graph["edges"]) == 31
-    assert all(e["label"].split()[-1] in {"q", "k", "v", "share"} for e in graph["edges"])  # "0.05 v"
+    assert all(e["label"].split()[-1] in {"q", "k", "v"} for e in graph["edges"][1:-1])  # "0.05 v": composition only
+    assert graph["edges"][0]["label"] == graph["edges"][-1]["label"] == ""  # ingress/egress carry no number
     # fixed positions on a few rows (not one 32-node line squeezed into the box), physics off
     assert not config["physics"]["enabled"] and 500 <= int(config["height"].removesuffix("px")) <= 700
     assert config["groups"] == {}  # vis-network rejects None ('Invalid type received for "groups"')
@@ -83,6 +99,7 @@ def test_a_session_mask_is_applied_and_counted():
     at = run_trace(at)
     assert not at.exception and not at.error
     assert metrics(at)["Masked heads"] == "1"
+    assert next(m for m in at.metric if m.label == "Masked heads").proto.delta == "every one reads 0"
     activity = chart_frames(at)[0]
     masked = activity[(activity["layer"] == 3) & (activity["head"] == 1)]
     assert masked["masked"].item() and masked["activity"].item() == 0
@@ -126,3 +143,20 @@ def test_a_share_link_reopens_the_stored_trace_and_history_lists_it():
         broken.query_params["experiment"] = bad
         broken = broken.switch_page("pages/trace.py").run()
         assert not broken.exception and message in broken.error[0].value
+
+
+def test_token_influence_waits_for_its_button_and_shows_its_completeness_error():
+    at = run_trace(trace_page())
+    assert not any(c.value.startswith("Influence:") for c in at.caption)
+    at.button(key="trace_influence_button").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state[core.TRACE_RUN].result
+    influence = chart_frames(at)[2]
+    assert len(influence) == len(result.prompt_tokens)
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Influence:")]
+    assert "integrated gradients" in caption and "completeness error" in caption
+    shown = re.search(r"log p\(.*?\) = (-?[0-9.]+), at the baseline (-?[0-9.]+); completeness error ([0-9.]+)%", caption)
+    log_p, log_p0, error = (float(g) for g in shown.groups())
+    assert abs(log_p - np.log(result.model_probs[0])) < 1e-3
+    # the error shown is the scores' sum against the change of log p (to the caption's rounding)
+    assert abs(abs(influence["score"].sum() - (log_p - log_p0)) / abs(log_p - log_p0) * 100 - error) < 0.05

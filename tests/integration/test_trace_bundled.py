@@ -24,8 +24,8 @@ def test_bundled_model_shape(bundled):
 def test_eiffel_tower_generates_paris(bundled):
     result = trace(bundled, EIFFEL, max_new_tokens=3)
     assert result.generated_tokens[0] == " Paris"
-    assert result.token_probs[0] > 0.5
-    assert result.fidelity.token_agreement == 1.0
+    assert result.model_probs[0] > 0.5 and result.sampled_probs == (1.0, 1.0, 1.0)
+    assert result.fidelity.argmax_agreement == 1.0 and result.fidelity.masks_verified
     assert result.fidelity.max_logit_diff < 1e-3
     assert result.step_activity.shape == (3, 30, 9)
     assert result.attention.shape == (3, 30, 9, len(result.prompt_ids) + 2)
@@ -33,14 +33,14 @@ def test_eiffel_tower_generates_paris(bundled):
     sums = result.attention.sum(-1)
     assert np.allclose(sums, 1.0, atol=1e-4)
     assert result.thought_path.nodes[0] == "Prompt_Ingress" and result.thought_path.nodes[-1] == "Response_Egress"
-    assert result.thought_path.depth == 31
+    assert len(result.thought_path.edges) == 31 and 0 < result.thought_path.depth < 30
     assert active_handle_count(bundled.model) == 0
 
 
 def test_ioi_prompt_prefers_mary(bundled):
     result = trace(bundled, "When Mary and John went to the store, John gave a drink to", max_new_tokens=1)
     assert result.generated_tokens[0] == " Mary"
-    assert result.token_probs[0] > 0.8
+    assert result.model_probs[0] > 0.8
 
 
 def test_masked_head_reads_zero_and_changes_logits(bundled):
@@ -49,7 +49,8 @@ def test_masked_head_reads_zero_and_changes_logits(bundled):
     masked = trace(bundled, EIFFEL, max_new_tokens=2, masks=[HeadMask(top.layer, top.head)])
     assert masked.step_activity[:, top.layer, top.head].max() == 0.0
     assert clean.step_activity[:, top.layer, top.head].min() > 0.0
-    assert masked.token_probs[0] != pytest.approx(clean.token_probs[0], abs=1e-6)
+    assert masked.model_probs[0] != pytest.approx(clean.model_probs[0], abs=1e-6)
+    assert masked.fidelity.masks_verified
     assert [f"{m.layer}.{m.head}" for m in masked.masked_heads] == [f"{top.layer}.{top.head}"]
 
 
@@ -95,15 +96,22 @@ def test_sampling_is_reproducible_with_a_seed(bundled):
     assert a.generated_ids == b.generated_ids
 
 
-def test_token_influence_names_the_source_tokens(bundled):
-    result = trace(bundled, EIFFEL, max_new_tokens=1, capture_attention=False)
+def test_token_influence_adds_up_to_the_change_in_log_p(bundled):
+    result = trace(bundled, "The capital of Australia is the city of", max_new_tokens=1, capture_attention=False)
     influence = token_influence(bundled, result.prompt_ids, result.generated_ids, 0)
-    assert influence.output_token == " Paris"
+    assert influence.output_token == " Sydney"
     assert len(influence.scores) == len(result.prompt_ids)
-    assert influence.log_prob == pytest.approx(np.log(result.token_probs[0]), abs=1e-3)
-    # the landmark carries more influence than the function word "is"
-    tokens = list(influence.source_tokens)
-    assert abs(influence.scores[tokens.index(" Tower")]) > abs(influence.scores[tokens.index(" is")])
+    assert influence.log_prob == pytest.approx(np.log(result.model_probs[0]), abs=1e-3)
+    change = influence.log_prob - influence.baseline_log_prob
+    assert influence.completeness_error == pytest.approx(abs(influence.scores.sum() - change) / abs(change), abs=1e-4)
+    assert influence.completeness_error <= 0.01
+
+
+def test_lineage_depth_changes_with_the_input(bundled):
+    depths = {trace(bundled, prompt, 2, capture_attention=False).thought_path.depth
+              for prompt in (EIFFEL, "When Mary and John went to the store, John gave a drink to",
+                             "The capital of Australia is the city of")}
+    assert len(depths) > 1
 
 
 def test_bad_input_is_refused_with_a_clear_message(bundled):

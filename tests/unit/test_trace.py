@@ -35,10 +35,12 @@ def test_shapes_and_fidelity(llama):
     assert r.step_activity.shape == (STEPS, arch.n_layers, arch.n_heads)
     np.testing.assert_allclose(r.head_activity, r.step_activity.mean(axis=0), rtol=1e-6)
     assert r.attention.shape == (STEPS, arch.n_layers, arch.n_heads, n_prompt + STEPS - 1)
-    assert r.fidelity.token_agreement == 1.0
+    assert r.fidelity.argmax_agreement == 1.0
     assert r.fidelity.max_logit_diff < 1e-4
     assert list(r.generated_ids) == _greedy_by_hand(llama, r.prompt_ids, STEPS)
-    assert len(r.token_probs) == STEPS and all(0 < p <= 1 for p in r.token_probs)
+    assert r.fidelity.masks_verified and r.fidelity.unverified_masks == ()
+    assert r.sampled_probs == (1.0,) * STEPS  # greedy: all the mass on the argmax
+    assert len(r.model_probs) == STEPS and all(0 < p < 1 for p in r.model_probs)
 
 
 def test_attention_rows_are_distributions_over_the_keys_seen(llama):
@@ -51,22 +53,58 @@ def test_attention_rows_are_distributions_over_the_keys_seen(llama):
         assert np.all(r.attention[step, :, :, valid:] == 0)
 
 
-def test_step_zero_matches_a_plain_forward_pass(llama):
-    """Activity is the L2 norm of each head's output at the last prompt position, and the
-    attention row is that position's pattern."""
-    r = trace(llama, PROMPT, max_new_tokens=2)
+def _written(handle, layer, z):
+    """What each head writes into the residual stream: the output projection applied to z with every
+    other head zeroed, minus the projection of zero (its bias). z (head, d_head) -> (head, d_model)."""
+    proj = handle.arch.out_proj[layer]
+    n_heads, d_head = z.shape
+    rows = torch.zeros(n_heads, n_heads, d_head)
+    rows[torch.arange(n_heads), torch.arange(n_heads)] = z
+    with torch.no_grad():
+        return proj(rows.reshape(n_heads, -1)) - proj(torch.zeros(1, n_heads * d_head))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_step_zero_activity_is_what_each_head_writes(tiny, family):
+    """Activity at step 0 is || W_O^h z_h || at the last prompt position, computed here through the
+    model's own output projection (Linear for llama, Conv1D for gpt2), and the attention row is that
+    position's pattern."""
+    handle = tiny.make_handle(family)
+    r = trace(handle, PROMPT, max_new_tokens=2)
     seen = {}
     fns = {}
-    for layer in range(llama.arch.n_layers):
+    for layer in range(handle.arch.n_layers):
         fns[(layer, "attn.z")] = [lambda t, layer=layer: seen.__setitem__(("z", layer), t.clone())]
         fns[(layer, "attn.pattern")] = [lambda t, layer=layer: seen.__setitem__(("p", layer), t.clone())]
-    with torch.no_grad(), hooks(llama.model, llama.arch, fns):
-        llama.model(torch.tensor([r.prompt_ids]))
-    for layer in range(llama.arch.n_layers):
-        np.testing.assert_allclose(r.step_activity[0, layer], seen[("z", layer)][0, -1].norm(dim=-1).numpy(),
-                                   rtol=1e-5, atol=1e-6)
-        n = len(r.prompt_ids)
+    with torch.no_grad(), hooks(handle.model, handle.arch, fns):
+        handle.model(torch.tensor([r.prompt_ids]))
+    n = len(r.prompt_ids)
+    for layer in range(handle.arch.n_layers):
+        expected = _written(handle, layer, seen[("z", layer)][0, -1]).norm(dim=-1).numpy()
+        np.testing.assert_allclose(r.step_activity[0, layer], expected, rtol=1e-4, atol=1e-6)
+        # the norm of z itself is another number: the projection's scale per head matters
+        assert not np.allclose(r.step_activity[0, layer], seen[("z", layer)][0, -1].norm(dim=-1).numpy(), rtol=1e-2)
         np.testing.assert_allclose(r.attention[0, layer, :, :n], seen[("p", layer)][0, :, -1].numpy(), atol=1e-6)
+
+
+def test_activity_is_unchanged_by_a_rescaling_that_keeps_the_model(tiny):
+    """Value weights of one key/value group divided by 3 and its heads' slices of W_O multiplied by 3:
+    the model computes the same function, so what each head writes is the same; the norm of z (the
+    old measure) would read a third."""
+    plain = trace(tiny.make_handle("llama"), PROMPT, max_new_tokens=2)
+    handle = tiny.make_handle("llama", model=tiny.make_model("llama"))
+    arch, layer, kv = handle.arch, 1, 1
+    d, group_size = arch.d_head, arch.n_heads // arch.n_kv_heads
+    group = list(range(kv * group_size, (kv + 1) * group_size))
+    with torch.no_grad():
+        arch.attn[layer].v_proj.weight[kv * d:(kv + 1) * d] /= 3.0
+        if arch.attn[layer].v_proj.bias is not None:
+            arch.attn[layer].v_proj.bias[kv * d:(kv + 1) * d] /= 3.0
+        for h in group:
+            arch.out_proj[layer].weight[:, h * d:(h + 1) * d] *= 3.0
+    rescaled = trace(handle, PROMPT, max_new_tokens=2)
+    assert rescaled.generated_ids == plain.generated_ids
+    np.testing.assert_allclose(rescaled.step_activity, plain.step_activity, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("level", ["projection", "attention", "both"])
@@ -75,7 +113,7 @@ def test_masked_head_reads_zero_at_every_step(llama, level):
     assert np.all(r.step_activity[:, 1, 2] == 0.0)
     others = np.delete(r.step_activity.reshape(STEPS, -1), 1 * llama.arch.n_heads + 2, axis=1)
     assert np.all(others > 0)
-    assert r.fidelity.token_agreement == 1.0
+    assert r.fidelity.argmax_agreement == 1.0
     assert r.masked_heads == (HeadMask(1, 2, level),)
     if level != "projection":
         assert np.all(r.attention[:, 1, 2] == 0)
@@ -117,7 +155,7 @@ def test_trace_on_gpt2(gpt2):
     r = trace(gpt2, PROMPT, max_new_tokens=3, masks=["0.3"])
     assert r.step_activity.shape == (3, 2, 4)
     assert np.all(r.step_activity[:, 0, 3] == 0)
-    assert r.fidelity.token_agreement == 1.0
+    assert r.fidelity.argmax_agreement == 1.0
     assert list(r.generated_ids) == _greedy_by_hand_masked(gpt2, r.prompt_ids, 3, HeadMask(0, 3))
 
 
@@ -127,9 +165,11 @@ def test_thought_path_and_top_heads(llama):
     assert [h.score for h in r.top_heads] == pytest.approx(flat[:3])
     path = r.thought_path
     assert path.nodes[0] == "Prompt_Ingress" and path.nodes[-1] == "Response_Egress"
-    assert path.depth == llama.arch.n_layers + 1
+    assert len(path.edges) == llama.arch.n_layers + 1
     for layer, head in enumerate(path.heads):
         assert head.head == int(r.head_activity[layer].argmax())
+        assert head.share == pytest.approx(r.head_activity[layer].max() / r.head_activity[layer].sum())
+    assert path.depth == sum(h.share > 2 / llama.arch.n_heads for h in path.heads)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -153,7 +193,7 @@ def test_bad_input_names_the_value(llama, kwargs, message):
 def test_every_family_traces_faithfully(handle):
     """KV-cached, hooked generation agrees with full re-runs, sliding windows and softcaps included."""
     r = trace(handle, PROMPT, max_new_tokens=STEPS, masks=["1.1"])
-    assert r.fidelity.token_agreement == 1.0
+    assert r.fidelity.argmax_agreement == 1.0
     assert r.fidelity.max_logit_diff < 1e-4
     assert np.all(r.step_activity[:, 1, 1] == 0)
     assert list(r.generated_ids) == _greedy_by_hand_masked(handle, r.prompt_ids, STEPS, HeadMask(1, 1))
@@ -192,7 +232,7 @@ def test_generation_stops_on_eos(tiny):
     assert r.stopped_on_eos and not free.stopped_on_eos
     assert r.generated_ids == free.generated_ids[:3]
     assert r.step_activity.shape[0] == 3 and r.attention.shape[0] == 3
-    assert r.fidelity.token_agreement == 1.0
+    assert r.fidelity.argmax_agreement == 1.0
 
 
 def test_trace_without_attention(llama):
@@ -216,3 +256,64 @@ def test_concurrent_traces_match_their_solo_runs(llama):
         assert r.generated_ids == expected.generated_ids
         np.testing.assert_allclose(r.step_activity, expected.step_activity, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(r.attention, expected.attention, atol=1e-6)
+
+
+def test_fidelity_compares_logits_whatever_the_sampling(llama):
+    """With a hot temperature the sampled tokens are often not the argmax; fidelity still reads 100%
+    because it compares the pass's logits with the ones generation drew from, not with the token."""
+    r = trace(llama, PROMPT, max_new_tokens=8, sampling=Sampling(temperature=5.0, seed=1))
+    logits = torch.tensor(np.array([_logits_by_hand(llama, r.prompt_ids, r.generated_ids, i) for i in range(8)]))
+    assert any(int(logits[i].argmax()) != t for i, t in enumerate(r.generated_ids))  # sampling left the argmax
+    assert r.fidelity.argmax_agreement == 1.0
+    assert r.fidelity.max_logit_diff < 1e-4
+
+
+def _logits_by_hand(handle, prompt_ids, generated_ids, step):
+    with torch.no_grad():
+        return handle.model(torch.tensor([list(prompt_ids) + list(generated_ids[:step])])).logits[0, -1].numpy()
+
+
+def test_sampled_and_model_probabilities(llama):
+    """sampled: p under softmax(logits / T) over the top-k (what the token was drawn from);
+    model: p under softmax(logits) over the whole vocabulary."""
+    sampling = Sampling(temperature=0.7, top_k=5, seed=3)
+    r = trace(llama, PROMPT, max_new_tokens=STEPS, sampling=sampling)
+    for i, token in enumerate(r.generated_ids):
+        logits = torch.tensor(_logits_by_hand(llama, r.prompt_ids, r.generated_ids, i)).double()
+        top = torch.topk(logits, 5)
+        assert token in top.indices.tolist()
+        drawn = torch.softmax(top.values / 0.7, -1)[top.indices.tolist().index(token)]
+        assert r.sampled_probs[i] == pytest.approx(float(drawn), abs=1e-5)
+        assert r.model_probs[i] == pytest.approx(float(torch.softmax(logits, -1)[token]), abs=1e-5)
+    assert r.sampled_probs != pytest.approx(r.model_probs, abs=1e-3)  # two different numbers
+
+
+@pytest.mark.parametrize("level", ["projection", "attention", "both"])
+def test_masks_are_verified_and_a_failed_mask_is_caught(llama, monkeypatch, level):
+    ok = trace(llama, PROMPT, max_new_tokens=3, masks=[HeadMask(1, 2, level), HeadMask(0, 1, level)])
+    assert ok.fidelity.masks_verified and ok.fidelity.unverified_masks == ()
+    from synapse_core.hooks import masking
+
+    monkeypatch.setattr(masking, "_zero_heads", lambda heads, dim: (lambda x: None))  # a mask that does nothing
+    broken = trace(llama, PROMPT, max_new_tokens=3, masks=[HeadMask(1, 2, level), HeadMask(0, 1, level)])
+    assert not broken.fidelity.masks_verified
+    assert set(broken.fidelity.unverified_masks) == {"1.2", "0.1"}
+    assert broken.fidelity.argmax_agreement == 1.0  # both runs share the broken mask: only this check sees it
+
+
+def test_lineage_depth_counts_path_heads_that_carry_their_layer(llama):
+    """Depth = path heads above DOMINANT_FACTOR even shares of their layer's activity, so it moves with
+    the activity (it used to be n_layers + 1 whatever the input)."""
+    from synapse_core.analysis.trace import thought_path
+
+    n_layers, n_heads = llama.arch.n_layers, llama.arch.n_heads
+    even = np.ones((n_layers, n_heads), dtype=np.float32)
+    assert thought_path(llama, even).depth == 0
+    peaked = even.copy()
+    peaked[1, 3] = 10.0  # 10 / 13 of layer 1's activity
+    path = thought_path(llama, peaked)
+    assert path.depth == 1 and path.heads[1].head == 3
+    assert path.heads[1].share == pytest.approx(10 / 13)
+    assert path.share_threshold == pytest.approx(2 / n_heads)
+    assert [e.kind for e in path.edges][0] == "ingress" and path.edges[-1].kind == "egress"
+    assert path.edges[0].composition is None and all(0 <= e.composition <= 1 for e in path.edges[1:-1])
