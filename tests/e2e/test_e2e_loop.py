@@ -37,7 +37,8 @@ def fill(box, text: str) -> None:
 
 def shown_probability(app) -> float:
     """p of the first generated token, from the Trace page's token-influence caption
-    ("... log p(·Sydney) = -0.218, masks of the run in force.")."""
+    ("... log p(·Sydney) = -0.218, at the baseline ..."), computed when its button is pressed."""
+    run_page(app, "trace_influence_button")
     caption = app.main.get_by_text(re.compile(r"^Influence: ")).inner_text()
     found = re.search(r"log p\(.*?\) = (-?[0-9.]+)", caption)
     assert found, caption
