@@ -4,6 +4,7 @@ import streamlit as st
 from synapse_core.arch.spec import MASK_LEVELS
 from synapse_core.common.errors import SynapseError
 from ui import core, demo
+from ui.model_load import loading_text
 
 st.set_page_config(page_title="Synapse", page_icon="🧠", layout="wide")
 
@@ -49,7 +50,7 @@ def try_load(spec: str) -> bool:
     """Load `spec` for this session; on failure keep the model in use and keep the reason to show once."""
     try:
         core.check_model_allowed(spec)
-        with st.spinner(f"Loading model {spec!r} …"):
+        with st.spinner(loading_text(spec)):
             core.load_model(spec)
     except SynapseError as exc:
         st.session_state[core.LOAD_ERROR] = f"could not load {spec!r}: {exc}"
