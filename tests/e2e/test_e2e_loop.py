@@ -164,7 +164,9 @@ def test_governance_with_a_bad_head_shows_the_error(app):
     fill(main.locator(".st-key-gov_reason input"), "a test")
     app.wait_idle()
     click_and_wait(app, main.locator(".st-key-gov_quarantine").get_by_role("button"))
-    expect(main.get_by_test_id("stAlertContentError")).to_contain_text("head 9 does not exist: layer 3 has heads 0-8")
+    # by the button that caused it, in its box, not above the status cards at the top of the page
+    expect(main.locator(".st-key-gov_chosen_box").get_by_test_id("stAlertContentError")).to_contain_text(
+        "head 9 does not exist: layer 3 has heads 0-8")
 
 
 def test_history_lists_stored_experiments(app):
