@@ -72,7 +72,8 @@ def _trace_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-attention", action="store_true", help="skip attention capture")
     p.add_argument("--influence", type=int, default=None, metavar="N",
-                   help="also attribute generated token N to the source tokens (gradient x input)")
+                   help="also attribute generated token N to the source tokens (integrated gradients from the pad "
+                        "token's embedding; tens of forward and backward passes)")
 
 
 def _trace(args):
@@ -97,8 +98,14 @@ def _trace(args):
             "output_index": inf.output_index,
             "output_token": inf.output_token,
             "method": inf.method,
+            "baseline": inf.baseline,
             "tokens": list(inf.source_tokens),
             "scores": [round(float(s), 6) for s in inf.scores],
+            "log_prob": round(inf.log_prob, 6),
+            "baseline_log_prob": round(inf.baseline_log_prob, 6),
+            "completeness_error": inf.completeness_error,  # |sum(scores) - (log_prob - baseline_log_prob)| / |that change|
+            "gradients": inf.points,
+            "passes": inf.passes,
         }
     top = ", ".join(f"{h.layer}.{h.head} ({h.score:.2f})" for h in result.top_heads[:5])
     emit(args, payload, f"{args.prompt}\u2192{result.generated_text!r}\ntop heads: {top}")
