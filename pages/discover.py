@@ -5,6 +5,7 @@ from streamlit_agraph import agraph
 from synapse_core.analysis.discovery import MIN_DRAWS, PAIR_RANGE, TOP_K_RANGE, discovery_config
 from synapse_core.common.errors import SynapseError
 from ui import core
+from ui import cost as ucost
 from ui import discover as ud
 
 st.title("Discover")
@@ -124,14 +125,19 @@ json_col.download_button("Discovery (JSON)", ud.result_json(result, run.key), fi
 csv_col.download_button("Verified heads (CSV)", ud.candidates_csv(result), file_name=f"discover-{run.key}.csv",
                         mime="text/csv", key="discover_download_csv")
 
+ucost.cheapest_section(handle, run, ud.QUARANTINE_HEADS)
 st.subheader("Quarantine")
 with st.container(border=True):
-    st.multiselect("Heads to quarantine", [ud.short(h) for h in result.candidates], key=ud.QUARANTINE_HEADS,
-                   default=[ud.short(h) for h in result.heads])
+    chosen = st.multiselect("Heads to quarantine", [ud.short(h) for h in result.candidates], key=ud.QUARANTINE_HEADS,
+                            default=[ud.short(h) for h in result.heads])
+    ucost.expander(handle, "discover", chosen, "projection", result.cases[:1])
+    wait = ucost.guard(handle, "discover", chosen, "projection")
     st.text_input("Reason", key=ud.QUARANTINE_REASON,
                   value=f"pushes the model toward {result.cases[0].target!r} (discovery {run.key})")
-    st.button("Quarantine", key="discover_quarantine_button", type="primary",
+    st.button("Quarantine", key="discover_quarantine_button", type="primary", disabled=wait is not None, help=wait,
               on_click=ud.quarantine, args=(handle, run))
+    if wait:
+        st.info(wait)
     st.caption("Masks the heads' output (level projection, as the discovery ablated them) in every later run; "
                "recorded with this experiment as evidence, as " + (core.user_name() or "this machine's user (type "
                "your name under Governance in the sidebar)") + ". Manage it on the **Governance** page.")

@@ -5,6 +5,7 @@ from synapse_core.analysis.verify import verify
 from synapse_core.arch.spec import MASK_LEVELS, parse_heads
 from synapse_core.common.errors import BadInput, SynapseError
 from ui import core
+from ui import cost as ucost
 from ui import trace as ui_trace
 
 st.title("Governance")
@@ -101,6 +102,7 @@ with st.expander(f"Audit log, newest first ({len(audit)})"):
                              file_name=f"audit-{handle.fingerprint}.json", key="gov_download_audit_json")
 
 st.subheader("Change the quarantine")
+ucost.settings_box()
 named = core.user_name() is not None
 if not named:
     st.info("Type your name under **Governance** in the sidebar: every change records who made it "
@@ -113,9 +115,13 @@ with st.container(border=True, key="gov_top_box"):
     else:
         st.markdown(f"`{top.head}` · {top.effect}" + (f" · {top.prompt!r} → {top.target!r}" if top.prompt else ""))
         st.text_input("Reason", value=f"top head of a discovery: {top.effect}", key="gov_top_reason")
-        st.button(f"Quarantine {top.head}", key="gov_top_button", disabled=not named, on_click=act, args=(
+        ucost.expander(handle, "gov_top", [top.head], "projection", ucost.typed_targets(top.prompt, top.target))
+        top_wait = ucost.guard(handle, "gov_top", [top.head], "projection")
+        st.button(f"Quarantine {top.head}", key="gov_top_button", disabled=not named or top_wait is not None,
+                  help=top_wait, on_click=act, args=(
             "top", lambda g: g.quarantine([top.head], reason=text("gov_top_reason"), experiment=top.experiment,
-                                          effect=top.effect, prompt=top.prompt, target=top.target),))
+                                          effect=top.effect, prompt=top.prompt, target=top.target,
+                                          cost=ucost.evidence(handle, [top.head], "projection")),))
         show_report("top")
 with st.container(border=True, key="gov_chosen_box"):
     st.markdown("**Chosen heads**")
@@ -127,10 +133,16 @@ with st.container(border=True, key="gov_chosen_box"):
         st.text_input("Experiment hash", key="gov_experiment")
         st.text_input("Prompt", key="gov_prompt")
         st.text_input("Target token", key="gov_target", placeholder="e.g. ' Paris'")
-    st.button("Quarantine", key="gov_quarantine", type="primary", disabled=not named, on_click=act, args=(
+    chosen, level = text("gov_heads") or "", st.session_state["gov_level"]
+    ucost.expander(handle, "gov", chosen, level, ucost.typed_targets(text("gov_prompt"), st.session_state.get("gov_target")))
+    wait = ucost.guard(handle, "gov", chosen, level)
+    st.button("Quarantine", key="gov_quarantine", type="primary", disabled=not named or wait is not None, help=wait,
+              on_click=act, args=(
         "chosen", lambda g: g.quarantine(parse_heads(text("gov_heads") or ""), reason=text("gov_reason") or "",
                                          level=st.session_state["gov_level"], experiment=text("gov_experiment"),
-                                         prompt=text("gov_prompt"), target=st.session_state.get("gov_target") or None),))
+                                         prompt=text("gov_prompt"), target=st.session_state.get("gov_target") or None,
+                                         cost=ucost.evidence(handle, text("gov_heads") or "",
+                                                             st.session_state["gov_level"])),))
     show_report("chosen")
 with st.container(border=True, key="gov_release_box"):
     st.markdown("**Un-quarantine**")

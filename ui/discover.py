@@ -22,6 +22,7 @@ from synapse_core.experiments.discoveries import run_discovery
 from synapse_core.experiments.records import load_experiment
 from synapse_core.interventions.promptset import PromptCase, parse_prompt_csv, parse_prompt_lines
 from ui import core
+from ui import cost as ui_cost
 from ui import trace as ui_trace
 
 SINGLE, PROMPT_SET = "One prompt", "Prompt set"
@@ -140,7 +141,7 @@ def quarantine(handle, run: DiscoveryRun) -> None:
         report = core.governance(handle).quarantine(
             chosen, reason=(st.session_state.get(QUARANTINE_REASON) or "").strip(), level="projection",
             experiment=run.key, effect=quarantine_effect(run.result, chosen) if chosen else None,
-            prompt=case.prompt, target=case.target)
+            prompt=case.prompt, target=case.target, cost=ui_cost.evidence(handle, chosen, "projection"))
     except SynapseError as exc:
         st.session_state[QUARANTINE_REPORT] = ("error", str(exc))
     else:
