@@ -29,7 +29,8 @@ MAX_POOL = 1500  # pool nodes at most (its adjacency: 1500^2 float32 = 9 MB)
 class Node:
     """One node of the graph."""
 
-    id: str  # circuit-tracer style: E_<vocab>_<pos>, <layer>_h<head>_<pos>, <layer>_mlp_<pos>, <n_layers+1>_<vocab>_<pos>
+    id: str  # circuit-tracer style: E_<vocab>_<pos>, <layer>_h<head>_<pos>, <layer>_mlp_<pos>, <layer>_<feature>_<pos>,
+    # <layer>_err_<pos>, <n_layers+1>_<vocab>_<pos> (the output)
     kind: str  # token | head | mlp | feature | error | logit
     layer: int | None  # None for tokens
     head: int | None  # heads only
@@ -37,8 +38,10 @@ class Node:
     position: int  # token position
     token: str  # the prompt token at that position (the target token for the output)
     value: float  # total effect on the output in the frozen model (the output: its logit or logit difference)
-    influence: float  # share of the output's influence through this node (circuit-tracer's node influence)
-    cumulative: float  # share carried by this node and every more influential one (circuit-tracer's "influence")
+    influence: float  # w ((I - Â)^-1 - I) at this node, w = 1 at the output: circuit-tracer's node influence, the
+    # summed products of input shares along every path from it to the output (not a share of a total)
+    cumulative: float  # share of the summed influence carried by this node and every more influential one
+    # (what circuit-tracer's JSON calls "influence")
     activation: float = 0.0  # a transcoder feature's activation on the prompt (0 for other kinds)
 
     @property
