@@ -83,6 +83,8 @@ def cost_config(handle: ModelHandle, heads, masks=(), text: TextDocs | None = No
         ref = parse_head(h) if isinstance(h, str) else h
         wanted.append(ref if isinstance(ref, HeadMask) else HeadMask(ref.layer, ref.head, level))
     new = normalize_masks(wanted, handle.arch)
+    if check_window(window) > handle.max_context:
+        raise BadInput(f"window {window} is longer than the model's context of {handle.max_context} tokens")
     caps = tuple(default_capabilities() if capabilities is None else capabilities)
     if not caps:
         raise BadInput("the capability prompt set is empty")

@@ -158,6 +158,8 @@ def test_bad_prompt_sets_texts_and_heads_are_refused_by_name(tmp_path):
     handle = tiny_handle("llama")
     with pytest.raises(BadInput, match="head 7 does not exist|7"):
         cost_config(handle, ["1.7"], (), None, WINDOW, CAPS)
+    with pytest.raises(BadInput, match="window 128 is longer than the model's context of 64 tokens"):
+        cost_config(handle, ["1.1"], (), None, 128, CAPS)
     with pytest.raises(BadInput, match="shorter than one context of 16 tokens"):
         score_text(handle, text_docs(handle, "the city of Paris"), WINDOW)
     empty = tmp_path / "empty.txt"
