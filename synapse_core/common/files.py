@@ -187,17 +187,22 @@ def commit(intent: Path, writes: Mapping[Path, str], appends: Mapping[Path, list
     crash at any point leaves either nothing done or an intent that `recover` completes."""
     if not writes and not appends:
         return
-    atomic_write_json(intent, {"writes": {str(p): t for p, t in writes.items()},
-                               "appends": {str(p): list(r) for p, r in appends.items()}})
-    _apply(intent, {str(p): t for p, t in writes.items()}, {str(p): list(r) for p, r in appends.items()}, fresh=True)
+
+    def name(path: Path) -> str:  # files beside the intent by name: the folder may move or be reached otherwise
+        return path.name if Path(path).parent == intent.parent else str(path)
+
+    writes = {name(p): t for p, t in writes.items()}
+    appends = {name(p): list(r) for p, r in appends.items()}
+    atomic_write_json(intent, {"writes": writes, "appends": appends})
+    _apply(intent, writes, appends, fresh=True)
 
 
 def _apply(intent: Path, writes: dict, appends: dict, fresh: bool) -> None:
     for path, text in writes.items():
-        atomic_write_text(Path(path), text)
+        atomic_write_text(intent.parent / path, text)
     for path, records in appends.items():
-        todo = records if fresh else [r for r in records if not _has_line_with(Path(path), "id", r["id"])]
-        append_lines(Path(path), todo)
+        todo = records if fresh else [r for r in records if not _has_line_with(intent.parent / path, "id", r["id"])]
+        append_lines(intent.parent / path, todo)
     try:
         intent.unlink()
     except FileNotFoundError:
