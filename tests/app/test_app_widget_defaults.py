@@ -24,7 +24,7 @@ def keyed_widgets(path: Path):
                 yield key.value, set(kwargs)
 
 
-@pytest.mark.parametrize("page", ["trace", "discover", "ablate"])
+@pytest.mark.parametrize("page", sorted(p.stem for p in (ROOT / "pages").glob("*.py")))
 def test_widgets_written_through_session_state_have_no_value_argument(page):
     doubled = [key for key, kwargs in keyed_widgets(ROOT / "pages" / f"{page}.py") if key in WRITTEN and "value" in kwargs]
     assert doubled == []
