@@ -167,8 +167,8 @@ def build_adjacency(handle: ModelHandle, run: FrozenRun, transcoders: dict | Non
     g_x, g_h = output_gradients(handle, run, frozen)
     keep = head_keep(handle, run)
     weights = [arch.head_weights(layer) for layer in range(arch.n_layers)]
-    w_o = [w["W_O"].detach().float() for w in weights]  # (head, d_model, d_head)
-    w_v = [w["W_V"].detach().float() for w in weights]  # (head, d_head, d_model)
+    w_o = [w["W_O"].detach().float().cpu() for w in weights]  # (head, d_model, d_head)
+    w_v = [w["W_V"].detach().float().cpu() for w in weights]  # (head, d_head, d_model)
 
     n = layout.n_nodes
     writes = torch.empty(n - 1, d_model)
@@ -216,7 +216,7 @@ def build_adjacency(handle: ModelHandle, run: FrozenRun, transcoders: dict | Non
             constants[start:mlp] = own.reshape(-1) + from_bias
             out_bias = arch.out_proj[layer].bias
             if out_bias is not None:
-                bias = bias + out_bias.detach().float()
+                bias = bias + out_bias.detach().float().cpu()
             if layer in frozen:
                 _transcoder_rows(layer, frozen[layer], active[layer], layout, run, g_x, writes, src_pos, bias, matrix,
                                  constants, values)

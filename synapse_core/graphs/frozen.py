@@ -76,9 +76,9 @@ def _path(root, path: str):
 
 
 def _linear(module, x: torch.Tensor) -> torch.Tensor:
-    """An nn.Linear applied in float32, whatever the model's dtype."""
-    bias = None if module.bias is None else module.bias.float()
-    return F.linear(x, module.weight.float(), bias)
+    """An nn.Linear applied in float32 on x's device (the CPU), whatever the model's dtype and device."""
+    bias = None if module.bias is None else module.bias.float().to(x.device)
+    return F.linear(x, module.weight.float().to(x.device), bias)
 
 
 def norm_scale(norm, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,8 @@ def norm_scale(norm, x: torch.Tensor) -> torch.Tensor:
     so norm(c * 1) / c is the weight over that denominator, whatever form the weight takes (w, 1 + w).
     """
     c = x.float().pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-30)
-    return norm(c.expand_as(x).contiguous()).float() / c
+    device = next(norm.parameters()).device
+    return norm(c.expand_as(x).contiguous().to(device)).float().to(x.device) / c
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,7 +123,7 @@ def capture_run(handle: ModelHandle, ids: torch.Tensor, target: Target, masks: t
 
     def reader(key):
         def fn(t):
-            found[key] = t[0].detach().float().clone()
+            found[key] = t[0].detach().float().cpu().clone()  # the frozen model lives on the CPU, in float32
 
         return fn
 
@@ -133,7 +134,7 @@ def capture_run(handle: ModelHandle, ids: torch.Tensor, target: Target, masks: t
         logits = handle.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     # clones made outside inference mode: the frozen model's backward pass saves them
     found = {key: value.clone() for key, value in found.items()}
-    logits = logits.clone()
+    logits = logits.cpu().clone()
     n = arch.n_layers
     attn_out = torch.stack([found[(layer, "attn.out")] for layer in range(n)])
     mlp_out = torch.stack([found[(layer, "mlp.out")] for layer in range(n)])
@@ -150,11 +151,11 @@ def capture_run(handle: ModelHandle, ids: torch.Tensor, target: Target, masks: t
             gates.append(getattr(mlp, parts.act)(_linear(getattr(mlp, parts.gate), s * h)).float())
         s_final = norm_scale(_path(handle.model, parts.norm_final), x[n][-1:])[0]
         head = handle.model.get_output_embeddings()
-        readout = head.weight[target.id].float().clone()
+        readout = head.weight[target.id].float().cpu()
         bias = 0.0 if getattr(head, "bias", None) is None else float(head.bias[target.id])
         output = float(logits[target.id])
         if target.has_contrast:
-            readout -= head.weight[target.contrast_id].float()
+            readout = readout - head.weight[target.contrast_id].float().cpu()
             bias -= 0.0 if getattr(head, "bias", None) is None else float(head.bias[target.contrast_id])
             output -= float(logits[target.contrast_id])
     masked = tuple(sorted({(m.layer, m.head) for m in masks if m.level in ("projection", "both")}))
@@ -198,9 +199,9 @@ class FrozenTranscoder:
 
 def freeze_transcoder(handle: ModelHandle, layer: int, tc, run: FrozenRun) -> FrozenTranscoder:
     check_transcoder(handle, layer, tc)
-    w_enc, w_dec = tc.W_enc.detach().float(), tc.W_dec.detach().float()
-    b_dec = tc.b_dec.detach().float()
-    b_enc = tc.b_enc.detach().float()
+    w_enc, w_dec = tc.W_enc.detach().float().cpu(), tc.W_dec.detach().float().cpu()
+    b_dec = tc.b_dec.detach().float().cpu()
+    b_enc = tc.b_enc.detach().float().cpu()
     if tc.cfg.apply_b_dec_to_input:
         b_enc = b_enc - b_dec @ w_enc
     with torch.no_grad():

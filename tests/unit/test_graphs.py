@@ -295,3 +295,13 @@ def test_transcoders_by_folder_are_part_of_the_stored_config(llama, tmp_path):
         graph_config(llama, PROMPT, "ran", transcoders=(str(folder), str(folder)))
     with pytest.raises(BadInput, match="no SAE named 'layers.9.nothing.sae'"):
         graph_config(llama, PROMPT, "ran", transcoders=("layers.9.nothing.sae",))
+
+
+def test_a_bfloat16_model_gets_a_float32_frozen_model(tiny):
+    handle = tiny.make_handle("llama", dtype=torch.bfloat16)
+    g = build_graph(handle, PROMPT, "ran", "sat", claims=3)
+    ids = handle.tokenizer(PROMPT, return_tensors="pt").input_ids
+    logits = forward_last(handle, ids, {})[0]
+    assert g.output_value == pytest.approx(float(logits[g.target_id] - logits[g.contrast_id]), abs=1e-6)
+    # the activations were rounded to bfloat16 between layers, the frozen model is not: sums hold to that rounding
+    assert g.completeness_error < 0.05 * max(1.0, abs(g.output_value)) and len(g.claims) == 3
