@@ -13,6 +13,8 @@ The engine is a stack of subpackages, each importing only from the ones listed b
                     discovery, circuits, verification
     graphs          attribution graphs of a frozen (local replacement) model: adjacency, pruning,
                     influence, supernodes
+    jobs            one interface for long jobs over a prompt set, two engines: local (in-process)
+                    and ray (a pool of model actors, shards, retries)
     experiments     the result store and every stored experiment (ablations, sweeps, traces,
                     discoveries)
     governance      mask store, audit log, outbox, catalog, OpenMetadata client, change events
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 
-LAYERS = ("common", "arch", "hooks", "model", "features", "interventions", "analysis", "graphs",
+LAYERS = ("common", "arch", "hooks", "model", "features", "interventions", "analysis", "graphs", "jobs",
           "experiments", "governance", "cli")
 
 _EXPORTS = {

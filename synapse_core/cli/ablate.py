@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..common.errors import BadInput
 from . import common as cli
+from . import promptsets
 
 MODES = ("zero", "mean", "patch")
 
@@ -22,14 +23,15 @@ MODES = ("zero", "mean", "patch")
 def _common_args(p):
     cli.add_model_args(p)
     cli.add_mask_args(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--target", required=True, help='the token to score, e.g. " Paris" (mind the leading space)')
+    p.add_argument("--prompt", default=None, help="the prompt (or --prompt-set FILE)")
+    p.add_argument("--target", default=None, help='the token to score, e.g. " Paris" (mind the leading space)')
     p.add_argument("--contrast", default=None, help="logit_diff = logit(target) - logit(contrast)")
     p.add_argument("--mode", default="zero", choices=MODES)
     p.add_argument("--source-prompt", default=None, help="--mode patch: the prompt activations are copied from")
     p.add_argument("--positions", default="all", help="all (default), last, or token positions: 0,3,-1")
     p.add_argument("--reference-file", default=None, metavar="F",
                    help="--mode mean: reference prompts, one per line (default: the shipped set)")
+    promptsets.add_job_args(p)
 
 
 def _settings(args):
@@ -89,6 +91,10 @@ def _ablate(args):
         raise BadInput("nothing to ablate: give --heads L.H,... or --components layers.L.mlp,...")
     settings = _settings(args)
     ivs = [parse_intervention(name, args.mode, positions, source) for name in names]
+    cases = promptsets.read_cases(args)
+    if cases is not None:
+        return promptsets.ablate_set(args, cases, ivs, settings)
+    promptsets.require_prompt(args)
     handle = cli.load(args)
     masks = cli.run_masks(args, handle)
     config = ablation_config(handle, args.prompt, args.target, ivs, args.contrast, masks, settings)
@@ -127,6 +133,12 @@ def _sweep(args):
     rows = BATCH_ROWS if args.batch_rows is None else args.batch_rows  # 0 is refused, not replaced
     if rows < 1:
         raise BadInput(f"--batch-rows {rows} must be at least 1")
+    cases = promptsets.read_cases(args)
+    if cases is not None:
+        sites = ("attn.head",) if args.over == "heads" else LAYER_SITES
+        source = args.source_prompt if args.mode == "patch" else None
+        return promptsets.sweep_set(args, cases, sites, positions, source, settings, rows)
+    promptsets.require_prompt(args)
     handle = cli.load(args)
     masks = cli.run_masks(args, handle)
     sites = ("attn.head",) if args.over == "heads" else LAYER_SITES

@@ -21,14 +21,16 @@ from ..common.hashing import engine_version
 from ..interventions.ablation import AblationResult, ablate
 from ..interventions.metrics import METRICS, check_metric
 from ..interventions.ops import OpSettings
-from ..interventions.promptset import PromptCase, PromptSetResult, evaluate_prompt_set, prompt_set_metric
+from ..interventions.promptset import PromptCase, PromptSetResult, prompt_set_metric
 from ..interventions.reference import default_reference_prompts
 from ..interventions.sweep import BATCH_ROWS, LAYER_SITES, SweepResult, sweep_heads, sweep_layers
+from ..jobs.config import EngineConfig
+from ..jobs.tasks import run_prompt_set, run_prompt_sweep
 from ..model.generation import Progress
 from ..model.loading import ModelHandle
 from .store import ResultStore, content_hash
 
-EXPERIMENT_KINDS = ("ablation", "sweep", "promptset")
+EXPERIMENT_KINDS = ("ablation", "sweep", "promptset", "promptsweep")
 _HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -36,7 +38,7 @@ _HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 class ExperimentConfig:
     """Everything a result depends on. Build with ablation_config / sweep_config / promptset_config."""
 
-    kind: str  # ablation | sweep | promptset
+    kind: str  # ablation | sweep | promptset | promptsweep (a sweep on every prompt of a set)
     model: str  # the model's name
     fingerprint: str  # weights fingerprint: a stored result is reused only for the same weights
     dtype: str  # e.g. "torch.float32": numbers differ between dtypes
@@ -62,9 +64,9 @@ class ExperimentConfig:
         check_metric(self.metric)
         if self.metric == "logit_diff" and not all(self.contrasts):
             raise BadInput("metric logit_diff needs a contrast token for every prompt: give one, or pick log_prob")
-        if self.kind == "sweep" and not self.sweep_sites:
+        if self.kind in ("sweep", "promptsweep") and not self.sweep_sites:
             raise BadInput("a sweep needs its sites: ('attn.head',) or some of attn, mlp, resid")
-        if self.kind != "sweep" and not self.interventions:
+        if self.kind not in ("sweep", "promptsweep") and not self.interventions:
             raise BadInput(f"an {self.kind} experiment needs at least one intervention")
 
     @property
@@ -75,8 +77,10 @@ class ExperimentConfig:
     @property
     def title(self) -> str:
         prompt = self.prompts[0] if len(self.prompts[0]) <= 40 else self.prompts[0][:39] + "\u2026"
-        if self.kind == "sweep":
+        if self.kind in ("sweep", "promptsweep"):
             what = "every head" if self.sweep_sites == ("attn.head",) else "every layer's " + "/".join(self.sweep_sites)
+            if self.kind == "promptsweep":
+                return f"{self.sweep_op} sweep over {what} on {len(self.prompts)} prompts"
             return f"{self.sweep_op} sweep over {what} \u00b7 {prompt!r} \u2192 {self.targets[0]!r}"
         ops = sorted({iv.op for iv in self.interventions})
         names = ", ".join(iv.name for iv in self.interventions[:3]) + (" \u2026" if len(self.interventions) > 3 else "")
@@ -171,28 +175,48 @@ def promptset_config(handle: ModelHandle, cases, interventions, masks=(), settin
                             settings=_settings(settings, {iv.op for iv in ivs}), top_k=top_k, **_base(handle, masks))
 
 
-def _compute(handle: ModelHandle, c: ExperimentConfig, progress, batch_rows: int):
+def promptsweep_config(handle: ModelHandle, cases, sites: tuple[str, ...] = ("attn.head",), op: str = "zero",
+                       positions="all", source: str | None = None, metric: str | None = None, masks=(),
+                       settings: OpSettings = OpSettings()) -> ExperimentConfig:
+    """A sweep on every prompt of a set (mean effects over the set): one experiment, whatever engine runs it."""
+    cases = tuple(cases)
+    one = sweep_config(handle, cases[0].prompt, cases[0].target, cases[0].contrast, sites, op, positions, source,
+                       prompt_set_metric(cases, metric), masks, settings)
+    return dataclasses.replace(one, kind="promptsweep", prompts=tuple(c.prompt for c in cases),
+                               targets=tuple(c.target for c in cases), contrasts=tuple(c.contrast for c in cases))
+
+
+def _compute(handle: ModelHandle, c: ExperimentConfig, progress, batch_rows: int, engine: EngineConfig | None = None,
+             cancel=None):
     if c.kind == "ablation":
         return ablate(handle, c.prompts[0], c.targets[0], c.interventions, c.contrasts[0], c.masks, c.settings, c.top_k)
-    if c.kind == "promptset":
-        cases = [PromptCase(p, t, k) for p, t, k in zip(c.prompts, c.targets, c.contrasts)]
-        return evaluate_prompt_set(handle, cases, c.interventions, c.masks, c.settings, c.metric, c.top_k, progress)
+    cases = [PromptCase(p, t, k) for p, t, k in zip(c.prompts, c.targets, c.contrasts)]
+    if c.kind == "promptset":  # on the configured engine; the same result on each
+        return run_prompt_set(handle, cases, c.interventions, c.masks, c.settings, c.metric, c.top_k, engine,
+                              progress, cancel)
     common = dict(op=c.sweep_op, positions=c.sweep_positions, source=c.sweep_source, metric=c.metric, masks=c.masks,
                   settings=c.settings, batch_rows=batch_rows, progress=progress)
+    if c.kind == "promptsweep":
+        return run_prompt_sweep(handle, cases, c.sweep_sites, engine=engine, cancel=cancel, **common)
     if c.sweep_sites == ("attn.head",):
         return sweep_heads(handle, c.prompts[0], c.targets[0], c.contrasts[0], **common)
     return sweep_layers(handle, c.prompts[0], c.targets[0], c.contrasts[0], sites=c.sweep_sites, **common)
 
 
 def run_experiment(handle: ModelHandle, config: ExperimentConfig, store: ResultStore | None = None,
-                   progress: Progress | None = None, batch_rows: int = BATCH_ROWS) -> Experiment:
-    """Answer from the store when this exact experiment was run before, else run and store it."""
+                   progress: Progress | None = None, batch_rows: int = BATCH_ROWS, engine: EngineConfig | None = None,
+                   cancel=None) -> Experiment:
+    """Answer from the store when this exact experiment was run before, else run and store it.
+    Prompt sets and prompt-set sweeps run on `engine` (default local); the engine is not part of the
+    experiment: its hash and numbers are the same on each. cancel() turning true stops such a job
+    (JobCancelled) and nothing is stored."""
     if config.fingerprint != handle.fingerprint or config.dtype != str(handle.dtype):
         raise BadInput(f"experiment {config.hash} was made with {config.model} (weights {config.fingerprint}, "
                        f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
     store = store or ResultStore()
     entry, from_cache, notes = store.get_or_compute(
-        config.kind, config, lambda: StoredExperiment(config, _compute(handle, config, progress, batch_rows)),
+        config.kind, config,
+        lambda: StoredExperiment(config, _compute(handle, config, progress, batch_rows, engine, cancel)),
         summary={"kind": config.kind, "model": config.model, "title": config.title},
     )
     if not isinstance(entry.result, StoredExperiment):

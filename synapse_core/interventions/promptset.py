@@ -164,15 +164,23 @@ def evaluate_prompt_set(handle: ModelHandle, cases, interventions, masks=(), set
         rows.append(PromptRow(case, r.clean, r.intervened, r.kl_divergence, r.top1_changed, r.notes, r.warnings))
         if progress:
             progress(i + 1, len(cases), case.prompt[:40])
+    return summarize_prompt_set(handle.name, handle.fingerprint, r.interventions, settings, masks, metric, rows)
+
+
+def summarize_prompt_set(model: str, fingerprint: str, interventions, settings: OpSettings, masks, metric: str,
+                         rows) -> PromptSetResult:
+    """The result of a prompt set from its rows, in prompt order: the aggregate is computed here only,
+    so a set evaluated in shards (synapse_core.jobs) sums the same numbers in the same order."""
+    rows = tuple(rows)
     n = len(rows)
     return PromptSetResult(
-        model=handle.name,
-        fingerprint=handle.fingerprint,
-        interventions=r.interventions,
+        model=model,
+        fingerprint=fingerprint,
+        interventions=tuple(interventions),
         settings=settings,
-        masks=masks,
+        masks=tuple(masks),
         metric=metric,
-        rows=tuple(rows),
+        rows=rows,
         mean_change=sum(row.change(metric) for row in rows) / n,
         mean_kl=sum(row.kl for row in rows) / n,
         top1_changed_fraction=sum(row.top1_changed for row in rows) / n,
