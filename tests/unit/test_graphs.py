@@ -302,6 +302,8 @@ def test_a_bfloat16_model_gets_a_float32_frozen_model(tiny):
     g = build_graph(handle, PROMPT, "ran", "sat", claims=3)
     ids = handle.tokenizer(PROMPT, return_tensors="pt").input_ids
     logits = forward_last(handle, ids, {})[0]
-    assert g.output_value == pytest.approx(float(logits[g.target_id] - logits[g.contrast_id]), abs=1e-6)
+    # the graph's run computes attention explicitly (to read the patterns), this one with fused SDPA: in
+    # bfloat16 the two round differently
+    assert g.output_value == pytest.approx(float(logits[g.target_id] - logits[g.contrast_id]), abs=0.02)
     # the activations were rounded to bfloat16 between layers, the frozen model is not: sums hold to that rounding
     assert g.completeness_error < 0.05 * max(1.0, abs(g.output_value)) and len(g.claims) == 3
