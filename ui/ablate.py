@@ -87,9 +87,9 @@ def sweep_frame(r: SweepResult) -> pd.DataFrame:
     frame = pd.DataFrame(r.effect_rows())
     frame["full name"] = frame["name"]
     frame["name"] = [short_name(n) for n in frame["name"]]
-    masked = {(m.layer, m.head) for m in r.masks} if r.kind == "heads" else set()
-    frame["masked"] = [(int(row.layer), int(row.head)) in masked for row in frame.itertuples()] if masked \
-        else False
+    masked = {(m.layer, m.head) for m in r.masks}
+    frame["masked"] = (pd.Series(list(zip(frame["layer"], frame["head"]))).isin(masked)
+                       if r.kind == "heads" else False)
     return frame
 
 
