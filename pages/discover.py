@@ -10,8 +10,9 @@ from ui import discover as ud
 
 st.title("Discover")
 st.caption("Name an output you do not want; every head is ranked by attribution patching (one forward and one "
-           "backward pass), the strongest are verified by real ablation, and the circuit is tested against random "
-           "head sets. Effect = metric after ablation − before: negative means the head pushes toward the target.")
+           "backward pass; AtP* on request), the strongest are verified by real ablation, and the circuit is tested "
+           "against random head sets (with a prompt set, on held-out prompts too). Effect = metric after ablation − "
+           "before: negative means the head pushes toward the target.")
 handle = core.require_model()
 ud.set_defaults(st.session_state)
 ud.open_link()  # a ?experiment= link: its result, and its inputs in the widgets below
@@ -40,6 +41,8 @@ with st.expander("Verification and random baseline"):
                                      key="discover_verify", help="Spearman's rho is taken over the top 30 of them")
     draws = draws_col.number_input("Random head sets", min_value=MIN_DRAWS, key="discover_draws")
     seed = seed_col.number_input("Seed of the random sets", min_value=0, key="discover_seed")
+    ranking = st.radio("Ranking before verification", list(ud.RANKING_LABELS), key="discover_ranking",
+                       format_func=ud.RANKING_LABELS.get, horizontal=True)
 
 if st.button("Run", key="discover_run_button", type="primary"):
     bar = st.progress(0.0, text="checking the request")
@@ -48,7 +51,7 @@ if st.button("Run", key="discover_run_button", type="primary"):
         config = discovery_config(
             handle, **(dict(prompt=prompt, target=target, contrast=contrast) if cases is None else dict(cases=cases)),
             top_k_heads=int(top_k), max_pair_sweeps=int(max_pairs), masks=core.masks_in_force(handle),
-            verify_heads=int(verify), baseline_draws=int(draws), seed=int(seed))
+            verify_heads=int(verify), baseline_draws=int(draws), seed=int(seed), ranking=ranking)
         st.session_state[core.LAST_DISCOVERY] = ud.run(handle, config, ud.stage_progress(bar))
     except SynapseError as exc:
         st.session_state.pop(core.LAST_DISCOVERY, None)

@@ -26,6 +26,8 @@ from ui import cost as ui_cost
 from ui import trace as ui_trace
 
 SINGLE, PROMPT_SET = "One prompt", "Prompt set"
+RANKING_LABELS = {"atp": "attribution patching (one backward pass)",
+                  "atp*": "AtP* (later softmaxes recomputed, GradDrop: misses fewer heads, ~25x slower)"}
 QUARANTINE_HEADS = "discover_quarantine_heads"  # multiselect: the heads the Quarantine button hands over
 QUARANTINE_REASON = "discover_quarantine_reason"  # text input: the reason recorded with them
 QUARANTINE_REPORT = "discover_quarantine_report"  # (st function name, message) of the last Quarantine press
@@ -114,7 +116,7 @@ def cases(lines: str, upload) -> tuple[PromptCase, ...]:
 
 
 STAGE_TEXT = {  # what each engine stage does, for the progress bar
-    "ranking": "ranking every head by attribution patching",
+    "ranking": "ranking every head (AtP* or attribution patching)",
     "verification": "verifying the strongest candidates by ablation",
     "pairs": "ablating pairs of circuit heads together",
     "baseline": "ablating the circuit and random head sets",

@@ -48,6 +48,12 @@ class Attribution:
     estimates: torch.Tensor  # (layer, head) estimated metric change when each head is zero-ablated, float32
     clean_logits: torch.Tensor  # (d_vocab,) last-position logits of the clean run (masks on), float32
     clean: float  # the metric of the clean run
+    scores: torch.Tensor | None = None  # (layer, head) ranking score when it is not |estimates| (AtP*'s GradDrop)
+
+    @property
+    def ranking(self) -> torch.Tensor:
+        """(layer, head): larger ranks first."""
+        return self.estimates.abs() if self.scores is None else self.scores
 
 
 def attribute_heads(handle: ModelHandle, ids: torch.Tensor, target: Target, metric: str, masks=()) -> Attribution:

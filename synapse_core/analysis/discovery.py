@@ -1,7 +1,8 @@
 """Discover: the heads behind a token, ranked by attribution patching, proven by ablation.
 
-1. rank   every head by its attribution-patching estimate (attribution.py): one forward and one
-          backward pass per prompt;
+1. rank   every head by attribution patching (attribution.py: one forward and one backward pass per
+          prompt), or by AtP* (`ranking="atp*"`, atpstar.py: later attention softmaxes recomputed and
+          GradDrop; misses fewer heads, about 25x the time of plain attribution patching);
 2. verify the `verify_heads` candidates of largest |estimate| by real zero ablation, batched
           (sweep.batched_scores); the circuit is the `top_k_heads` whose ablation lowers the metric most;
 3. pairs  up to `max_pair_sweeps` pairs of circuit heads ablated together, against the sum of singles;
@@ -36,6 +37,7 @@ from ..interventions.promptset import PromptCase, prompt_set_metric
 from ..interventions.sweep import batched_scores
 from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt
+from .atpstar import METHOD_STAR, attribute_heads_star
 from .attribution import METHOD, attribute_heads
 from .baseline import CircuitEffect, judge_circuit
 from .circuit import (
@@ -56,6 +58,7 @@ PAIR_RANGE = (0, 190)
 MIN_DRAWS = 20
 RHO_HEADS = 30  # Spearman's rho is taken over the (up to) 30 heads of largest |estimate|
 VERSION = 2  # bump when results of the same config would change
+RANKINGS = {"atp*": (attribute_heads_star, METHOD_STAR), "atp": (attribute_heads, METHOD)}
 HOLDOUT = 0.5  # share of a prompt set held out of the discovery to judge its circuit out of sample
 
 
@@ -77,6 +80,7 @@ class DiscoveryConfig:
     baseline_draws: int = 20  # random head sets of the circuit's size, at least 20
     seed: int = 0  # seeds the random head sets and the train / held-out split
     holdout: float = HOLDOUT  # share of a prompt set held out to judge the circuit (0 = judge in sample only)
+    ranking: str = "atp"  # how every head is ranked before verification: a key of RANKINGS
     op: str = "zero"  # the ablation: head output set to 0 at every position
     version: int = VERSION
     kind: str = "discover"
@@ -107,7 +111,7 @@ class HeadEffect:
     verified_effect: float  # measured by ablation, mean over prompts
     estimated_std: float  # spread over prompts (0 for one prompt)
     verified_std: float
-    estimate_rank: int  # 1 = the largest |estimate| of every head
+    estimate_rank: int  # 1 = ranked first of every head (largest |estimate|, or AtP*'s GradDrop score)
 
     @property
     def ref(self) -> HeadRef:
@@ -221,7 +225,7 @@ def _check_known(handle: ModelHandle, text: str, what: str) -> None:
 def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str | None = None,
                      contrast: str | None = None, cases=None, top_k_heads: int = 5, max_pair_sweeps: int = 10,
                      masks=(), verify_heads: int = RHO_HEADS, baseline_draws: int = MIN_DRAWS,
-                     seed: int = 0, holdout: float = HOLDOUT) -> DiscoveryConfig:
+                     seed: int = 0, holdout: float = HOLDOUT, ranking: str = "atp") -> DiscoveryConfig:
     """Validate a discovery request: one prompt with its target (and contrast), or prompt-set `cases`.
 
     Raises BadInput naming the bad value (empty prompt, unknown token, top_k out of range, ...).
@@ -244,6 +248,8 @@ def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str
     if top_k > available:
         raise BadInput(f"top_k_heads {top_k} is more than the {available} unmasked heads of the model")
     verify = _check_range("verify_heads", verify_heads, (1, 10_000))
+    if ranking not in RANKINGS:
+        raise BadInput(f"ranking {ranking!r} is not one of {', '.join(RANKINGS)}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise BadInput(f"holdout {holdout!r} is out of range: give the share of a prompt set to hold out, 0 to <1")
     for case in cases:
@@ -257,7 +263,7 @@ def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str
         prompts=tuple(c.prompt for c in cases), targets=tuple(c.target for c in cases),
         contrasts=tuple(c.contrast or None for c in cases), metric=prompt_set_metric(cases, None), masks=masks,
         top_k_heads=top_k, max_pair_sweeps=pairs, verify_heads=max(verify, top_k), baseline_draws=draws,
-        seed=int(seed), holdout=float(holdout),
+        seed=int(seed), holdout=float(holdout), ranking=ranking,
     )
 
 
@@ -312,19 +318,21 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     ids, targets = [every_ids[i] for i in train], [every_target[i] for i in train]  # steps 1-4: the training split
     n = len(train)
 
+    rank_fn, method = RANKINGS[config.ranking]
     report("ranking", 0, n)
     atts = []
     for i in range(n):
-        atts.append(attribute_heads(handle, ids[i], targets[i], metric, masks))
+        atts.append(rank_fn(handle, ids[i], targets[i], metric, masks))
         report("ranking", i + 1, n)
     rank_seconds = time.perf_counter() - t0
     per_prompt = np.stack([a.estimates.numpy() for a in atts])  # (prompt, layer, head)
     estimates, estimate_std = per_prompt.mean(0), per_prompt.std(0)
+    ranking = np.stack([a.ranking.numpy() for a in atts]).mean(0)  # (layer, head): larger ranks first
 
     masked = {m.ref for m in masks}
     pool = [HeadRef(layer, head) for layer in range(arch.n_layers) for head in range(arch.n_heads)
             if HeadRef(layer, head) not in masked]
-    by_estimate = sorted(pool, key=lambda r: (-abs(float(estimates[r.layer, r.head])), r))
+    by_estimate = sorted(pool, key=lambda r: (-float(ranking[r.layer, r.head]), r))
     rank_of = {r: i + 1 for i, r in enumerate(by_estimate)}
     chosen = by_estimate[:min(config.verify_heads, len(pool))]
 
@@ -387,5 +395,5 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
         estimates=estimates.astype(np.float32), estimate_std=estimate_std.astype(np.float32),
         candidates=tuple(candidates), heads=heads, pairs=pairs, circuit=in_sample, held_out=held_out,
         edges=tuple(circuit_edges(arch, circuit)), edge_weight=EDGE_WEIGHT, spearman_rho=rho, rho_heads=len(top),
-        masks=masks, rank_seconds=rank_seconds, seconds=time.perf_counter() - t0,
+        masks=masks, rank_seconds=rank_seconds, seconds=time.perf_counter() - t0, method=method,
         notes=tuple(notes), warnings=tuple(dict.fromkeys(warnings)))

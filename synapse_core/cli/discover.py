@@ -27,6 +27,9 @@ def _discover_args(p):
     p.add_argument("--verify", type=int, default=30, help="candidates verified by ablation (default 30)")
     p.add_argument("--draws", type=int, default=20, help="random head sets in the baseline, at least 20")
     p.add_argument("--seed", type=int, default=0, help="seed of the random head sets")
+    p.add_argument("--ranking", choices=("atp", "atp*"), default="atp",
+                   help="rank heads by attribution patching (default) or AtP* (later softmaxes recomputed, GradDrop: "
+                        "misses fewer heads, ~25x slower ranking)")
     p.add_argument("--progress", action="store_true", help="print each stage's progress on stderr")
 
 
@@ -62,7 +65,8 @@ def _discover(args):
     handle = cli.load(args)
     config = discovery_config(handle, args.prompt, args.target, args.contrast, cases=cases, top_k_heads=args.top_k,
                               max_pair_sweeps=args.max_pair_sweeps, masks=cli.run_masks(args, handle),
-                              verify_heads=args.verify, baseline_draws=args.draws, seed=args.seed)
+                              verify_heads=args.verify, baseline_draws=args.draws, seed=args.seed,
+                              ranking=args.ranking)
     progress = None
     if args.progress:
         def progress(stage, done, total):

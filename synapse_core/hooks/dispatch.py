@@ -194,6 +194,27 @@ def hooks(model: nn.Module, arch: Architecture, fns: SiteFns) -> Iterator[None]:
                 del _INSTALLED[key]
 
 
+@contextlib.contextmanager
+def block_calls(arch: Architecture) -> Iterator[dict[int, tuple[tuple, dict]]]:
+    """Record how each decoder block is called during the body: layer -> (args, kwargs), the last call.
+
+    Lets an analysis run one block again on edited hidden states with exactly the masks, position
+    embeddings and keyword arguments the model gave it. Handles are removed in `finally`.
+    """
+    calls: dict[int, tuple[tuple, dict]] = {}
+    handles = []
+    try:
+        for layer, block in enumerate(arch.layers):
+            def record(module, args, kwargs, layer=layer):
+                calls[layer] = (args, kwargs)
+
+            handles.append(block.register_forward_pre_hook(record, with_kwargs=True))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def active_handle_count(model: nn.Module) -> int:
     """How many dispatcher handles are registered on the model right now (0 when no block is open)."""
     dispatch = _INSTALLED.get(id(model))
