@@ -152,7 +152,8 @@ def path_graph(result: TraceResult) -> tuple[list[Node], list[Edge], Config]:
         place = {"x": x, "y": PATH_DY * row}
         if name in activity:
             nodes.append(Node(id=name, label=short_name(name), size=10 + 14 * activity[name] / top, color="#4B6BFB",
-                              title=f"{short_name(name)}: activity {activity[name]:.3f}", **place))
+                              title=f"{short_name(name)}: activity {activity[name]:.3f}, {share[name]:.0%} of its layer's",
+                              **place))
         else:
             nodes.append(Node(id=name, label=name, size=16, shape="diamond", color="#F4A261", **place))
     edges = [Edge(e.source, e.target, label="" if e.composition is None else f"{e.composition:.2f} {e.kind}",
