@@ -24,6 +24,7 @@ DEFAULT_MAX_INCREASE = 5.0
 REPORTS = "cost_reports"  # (fingerprint, heads, masks) -> the report's Experiment, measured in this session
 TRADEOFF = "cost_tradeoff"  # (discovery hash, share) -> (CheapestSet, points) shown on Discover
 TEXT_TOKENS = DEFAULT_TOKENS  # corpus tokens a report scores
+TRADEOFF_TOKENS = 4096  # corpus tokens of each report on the trade-off chart (one report a point)
 
 
 def capabilities():
@@ -172,7 +173,7 @@ def search(handle, run, share: float, bar):
     """Greedy search over the discovery's candidates, then one cost report per set on the path."""
     bar.progress(0.0, text="greedy search over the candidates")
     found = cheapest_set(handle, run.result, share)
-    text, _ = _corpus(handle, handle.fingerprint, TEXT_TOKENS)
+    text, _ = _corpus(handle, handle.fingerprint, TRADEOFF_TOKENS)
     targets = tuple(run.result.cases[:1])
     points = costs.tradeoff(handle, found, core.masks_in_force(handle), text, DEFAULT_WINDOW, capabilities(),
                             targets, core.experiment_store(),
@@ -204,7 +205,8 @@ def cheapest_section(handle, run, heads_key: str) -> None:
     with st.expander("Cheapest sufficient quarantine"):
         st.caption("Greedy search with exact re-measurement: start from no heads, add the verified candidate whose "
                    "set (ablated together) lowers the metric most, stop at the first set reaching the chosen share "
-                   "of the full circuit's effect. Each set on the path then gets a cost report.")
+                   "of the full circuit's effect. Each set on the path then gets a cost report (on "
+                   f"{TRADEOFF_TOKENS:,} tokens of text, so the chart comes quickly).")
         share = st.slider("Share of the circuit's effect to reach", 0.1, 1.0, 0.8, 0.05, key="discover_cheapest_share")
         if st.button("Search", key="discover_cheapest_button"):
             bar = st.progress(0.0, text="searching")
