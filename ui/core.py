@@ -401,9 +401,17 @@ def experiment_store() -> ResultStore:
     return result_store(str(settings.subdir("results")))
 
 
+def job_engine():
+    """Where prompt-set jobs run: SYNAPSE_ENGINE / SYNAPSE_RAY_* or their keys in .streamlit/secrets.toml."""
+    from synapse_core.jobs.config import engine_config
+
+    return engine_config(secrets=st.secrets)
+
+
 def run_experiment(handle, config, progress) -> _experiments.Experiment:
-    """Run (or answer from the store) an ablation, sweep or prompt-set config."""
-    return _experiments.run_experiment(handle, config, experiment_store(), progress=progress)
+    """Run (or answer from the store) an ablation, sweep or prompt-set config; prompt sets on the
+    configured job engine (the same experiment and numbers on each)."""
+    return _experiments.run_experiment(handle, config, experiment_store(), progress=progress, engine=job_engine())
 
 
 def open_experiment(key: str) -> _experiments.Experiment | None:

@@ -176,3 +176,11 @@ def test_prompt_set_arguments_are_checked(model_dir, prompt_file, capsys, argv, 
     argv = [prompt_file if a == "PF" else a for a in argv]
     code, _, err = _run(capsys, "ablate", "--model", model_dir, "--heads", "1.2", *argv)
     assert code == 2 and named in err
+
+
+def test_a_model_built_in_memory_is_refused_by_the_ray_engine_by_name(llama):
+    pytest.importorskip("ray", reason="the ray engine needs Ray")
+    from synapse_core.jobs.raypool import WorkerPool
+
+    with pytest.raises(JobError, match=f"model {llama.name} was built in memory"):
+        WorkerPool(llama, EngineConfig("ray"))
