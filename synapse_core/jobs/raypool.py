@@ -105,7 +105,7 @@ def _unwrap(ray, exc: Exception, what: str) -> Exception:
     if isinstance(cause, SynapseError):
         return cause
     if isinstance(exc, ray.exceptions.RayActorError):
-        return JobError(f"{what}: a Ray worker died and was not brought back ({exc.error_msg if hasattr(exc, 'error_msg') else exc})")
+        return JobError(f"{what}: a Ray worker died more often than it may be restarted ({exc})")
     return JobError(f"{what}: {exc}")
 
 

@@ -1,0 +1,113 @@
+"""The ray engine against a real Ray cluster: a head on loopback with two CPU workers, started once
+for this module and shut down after. A prompt-set evaluation and a sweep over a prompt set on the
+bundled model give the local engine's numbers (1e-5, float32) and the same experiment hash, and a
+model actor killed mid-job is restarted by Ray, its shard re-run, and the result still complete."""
+import os
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray engine's tests need Ray: pip install 'synapse-interp[ray]'")
+
+from synapse_core.arch.spec import Intervention  # noqa: E402
+from synapse_core.experiments.records import promptset_config, promptsweep_config, run_experiment  # noqa: E402
+from synapse_core.experiments.store import ResultStore  # noqa: E402
+from synapse_core.interventions.promptset import parse_prompt_lines  # noqa: E402
+from synapse_core.jobs import raypool  # noqa: E402
+from synapse_core.jobs.config import EngineConfig, JobCancelled  # noqa: E402
+
+CASES = parse_prompt_lines("""
+When Mary and John went to the store, John gave a drink to | " Mary" | " John"
+The capital of Australia is the city of | " Sydney" | " Canberra"
+The Eiffel Tower is in the city of | " Paris" | " London"
+When Tom and Anna met at the park, Anna handed a ball to | " Tom" | " Anna"
+The capital of France is | " Paris" | " Rome"
+After Lisa and Mark had lunch, Mark gave the bill to | " Lisa" | " Mark"
+""")
+HEAD = [Intervention(0, "attn.head", "zero", 6)]
+RAY = EngineConfig("ray", ray_actors=2, shard_size=1)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ.setdefault(raypool.WORKER_NICENESS_ENV, "0")  # see raypool.connect
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        yield
+    finally:
+        raypool.shutdown_pools()
+        ray.shutdown()
+
+
+def _stores(tmp_path):
+    return ResultStore(tmp_path / "local"), ResultStore(tmp_path / "ray")  # so neither run is answered from the other
+
+
+def _same_rows(a, b):
+    assert [r.case for r in a.rows] == [r.case for r in b.rows]
+    for x, y in zip(a.rows, b.rows):
+        for metric in ("log_prob", "target_prob", "logit_diff"):
+            assert y.intervened.value(metric) == pytest.approx(x.intervened.value(metric), abs=1e-5)
+            assert y.clean.value(metric) == pytest.approx(x.clean.value(metric), abs=1e-5)
+        assert y.kl == pytest.approx(x.kl, abs=1e-5)
+        assert y.top1_changed == x.top1_changed
+
+
+def test_a_prompt_set_on_ray_is_the_local_experiment(bundled, cluster, tmp_path):
+    local_store, ray_store = _stores(tmp_path)
+    config = promptset_config(bundled, CASES, HEAD)
+    local = run_experiment(bundled, config, local_store)
+    seen = []
+    remote = run_experiment(bundled, config, ray_store, engine=RAY, progress=lambda d, n, m: seen.append(d))
+    assert remote.hash == local.hash and not remote.from_cache
+    _same_rows(local.result, remote.result)
+    assert remote.result.mean_change == pytest.approx(local.result.mean_change, abs=1e-5)
+    assert sorted(seen) == list(range(1, len(CASES) + 1))  # one report per shard as it finished
+    assert len(set(raypool.pool_for(bundled, RAY).pids)) == 2  # two actor processes did the work
+
+
+def test_a_sweep_over_a_prompt_set_on_ray_is_the_local_experiment(bundled, cluster, tmp_path):
+    local_store, ray_store = _stores(tmp_path)
+    config = promptsweep_config(bundled, (CASES[4], CASES[2]))  # the two shortest: 270 heads each
+    local = run_experiment(bundled, config, local_store)
+    remote = run_experiment(bundled, config, ray_store, engine=RAY)
+    assert remote.hash == local.hash
+    np.testing.assert_allclose(remote.result.mean_effects, local.result.mean_effects, atol=1e-5)
+    for a, b in zip(local.result.sweeps, remote.result.sweeps):
+        assert a.prompt == b.prompt
+        np.testing.assert_allclose(b.effects, a.effects, atol=1e-5)
+
+
+def test_an_actor_killed_mid_job_is_replaced_and_its_shard_rerun(bundled, cluster, tmp_path):
+    local_store, ray_store = _stores(tmp_path)
+    config = promptset_config(bundled, CASES[:4], HEAD)
+    local = run_experiment(bundled, config, local_store)
+    pool = raypool.pool_for(bundled, RAY)
+    victim = pool.actors[1]
+    old_pid = ray.get(victim.ready.remote())["pid"]
+    done = []
+
+    def kill_once(d, n, message):  # the first shard is in; the other actor is busy with the next one
+        done.append(d)
+        if len(done) == 1:
+            ray.kill(victim, no_restart=False)
+
+    remote = run_experiment(bundled, config, ray_store, engine=RAY, progress=kill_once)
+    assert sorted(done) == [1, 2, 3, 4]  # every shard counted once, none twice
+    _same_rows(local.result, remote.result)
+    assert remote.result.mean_change == pytest.approx(local.result.mean_change, abs=1e-5)
+    assert ray.get(victim.ready.remote(), timeout=120)["pid"] != old_pid  # Ray restarted it
+
+
+def test_a_cancelled_job_stops_its_actors_and_stores_nothing(bundled, cluster, tmp_path):  # last: it ends the pool
+    store = ResultStore(tmp_path / "ray")
+    config = promptset_config(bundled, CASES, HEAD)
+    pool = raypool.pool_for(bundled, RAY)
+    done = []
+    with pytest.raises(JobCancelled, match=f"cancelled after 1 of {len(CASES)} prompts"):
+        run_experiment(bundled, config, store, engine=RAY, progress=lambda d, n, m: done.append(d),
+                       cancel=lambda: bool(done))
+    assert store.get(config.hash) is None
+    assert pool not in raypool._pools.values()  # the next job starts a new pool
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(pool.actors[0].ready.remote(), timeout=60)
