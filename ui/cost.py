@@ -230,12 +230,14 @@ def cheapest_section(handle, run, heads_key: str) -> None:
             st.altair_chart(tradeoff_chart(points), key="discover_tradeoff_chart")
         labels = {f"{p.label}: {', '.join(f'{h.layer}.{h.head}' for h in p.heads)}": p for p in points}
         pick = st.selectbox("Point to quarantine", list(labels), key="discover_tradeoff_pick")
-        st.button("Use this set", key="discover_tradeoff_use", on_click=_use,
-                  args=(heads_key, [f"{h.layer}.{h.head}" for h in labels[pick].heads]))
+        heads = {label: [f"{h.layer}.{h.head}" for h in p.heads] for label, p in labels.items()}
+        st.button("Use this set", key="discover_tradeoff_use", disabled=pick is None, on_click=_use,
+                  args=(heads_key, heads))
 
 
-def _use(heads_key: str, heads: list[str]) -> None:
-    st.session_state[heads_key] = heads
+def _use(heads_key: str, heads: dict) -> None:
+    # read the pick when the button is pressed: a pick changed in the same rerun is not in the args yet
+    st.session_state[heads_key] = heads[st.session_state["discover_tradeoff_pick"]]
 
 
 def typed_targets(prompt: str | None, target: str | None) -> tuple:
