@@ -127,3 +127,27 @@ def test_an_unreadable_entry_is_reported_and_skipped():
     finally:
         raw.delete(bad)
         raw.close()
+
+
+def test_a_result_of_an_older_engine_is_listed_and_reopened_as_such():
+    from synapse_core.experiments.store import Entry
+
+    at, ablation, _ = two_experiments()
+    store = core.experiment_store()
+    current = store.get(ablation)
+    old = "0dd0dd0dd0dd0dd0"
+    raw = diskcache.Cache(str(settings.subdir("results")))
+    raw.set(old, Entry(old, "ablation", current.created - 60, current.summary, current.result, engine="0.1.0+schema1"))
+    try:
+        at.switch_page("pages/history.py").run()
+        assert not at.exception and not at.error
+        engines = dict(zip(table(at, "created")["experiment"], table(at, "created")["engine"]))
+        assert engines[old] == "older engine (0.1.0+schema1)" and engines[ablation] == "this engine"
+        at.query_params["experiment"] = old
+        at.run()
+        assert not at.exception and not at.success  # never "Answered from the store"
+        assert any(w.value.startswith("Made by an older engine (0.1.0+schema1), not this one") for w in at.warning), \
+            [w.value for w in at.warning]
+    finally:
+        raw.delete(old)
+        raw.close()
