@@ -72,7 +72,7 @@ def _reopen(key: str):
 # the guided demo and a share link write them, and a widget default also set through session state
 # makes Streamlit log a warning.
 INPUT_DEFAULTS = {"discover_top_k": 5, "discover_pairs": 10, "discover_verify": RHO_HEADS,
-                  "discover_draws": MIN_DRAWS, "discover_seed": 0}
+                  "discover_draws": MIN_DRAWS, "discover_seed": 0, "discover_ranking": "atp"}
 
 
 def set_defaults(state) -> None:
@@ -85,7 +85,8 @@ def inputs_of(config) -> dict:
     one = len(config.prompts) == 1
     inputs = {"discover_mode": SINGLE if one else PROMPT_SET, "discover_top_k": config.top_k_heads,
               "discover_pairs": config.max_pair_sweeps, "discover_verify": config.verify_heads,
-              "discover_draws": config.baseline_draws, "discover_seed": config.seed}
+              "discover_draws": config.baseline_draws, "discover_seed": config.seed,
+              "discover_ranking": getattr(config, "ranking", "atp")}
     if one:
         inputs.update(discover_prompt=config.prompts[0], discover_target=config.targets[0],
                       discover_contrast=config.contrasts[0] or "")

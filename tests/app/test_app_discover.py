@@ -237,3 +237,38 @@ def test_a_prompt_set_averages_over_prompts_and_shows_the_spread(tiny_folder):
     at.text_area(key="discover_lines").input("a line without a target")
     at = at.button(key="discover_run_button").click().run()
     assert "line 1" in at.error[0].value and core.LAST_DISCOVERY not in at.session_state
+
+
+def test_heads_that_interact_are_said_to_with_the_pair_results(tiny_folder, monkeypatch):
+    """When the circuit's joint effect opposes its heads' single effects, the verdict says they interact
+    (not "no better than random") and the pairs are shown right under it, largest interaction first."""
+    import dataclasses
+
+    real = ui_discover.run_discovery
+
+    def interacting(handle, config, store=None, progress=None):
+        exp = real(handle, config, store, progress)
+        c = exp.result.circuit
+        words = ("the heads interact: ablated together these 3 heads raise logit_diff by 3.96, the opposite of what "
+                 "they do alone (each lowers it; their single effects sum to -2.1)")
+        circuit = dataclasses.replace(c, interacts=True, beats_random=False, verdict=words)
+        return dataclasses.replace(exp, result=dataclasses.replace(exp.result, circuit=circuit))
+
+    monkeypatch.setattr(ui_discover, "run_discovery", interacting)
+    at = tiny_discover_page(tiny_folder)
+    at.text_area(key="discover_prompt").input("the capital of France is the city of")
+    at.text_input(key="discover_target").input("Paris")
+    at.text_input(key="discover_contrast").input("London")
+    at.slider(key="discover_top_k").set_value(3)
+    at.slider(key="discover_pairs").set_value(3)
+    at = at.button(key="discover_run_button").click().run()
+    assert not at.exception and not at.error
+    verdict = [w.value for w in at.warning if w.value.startswith("The heads interact")]
+    assert len(verdict) == 1 and "raise logit_diff by 3.96, the opposite of what they do alone" in verdict[0]
+    assert verdict[0].endswith("*In sample: the circuit was chosen and judged on this prompt; give a prompt set to "
+                               "judge it on prompts it was not chosen on.*")
+    assert not any("no better than random" in w.value.lower() for w in at.warning)
+    pair_tables = [d.value for d in at.dataframe if list(d.value.columns[:2]) == ["a", "b"]]
+    assert len(pair_tables) == 2  # under the verdict, and in the Pairs section
+    explained = pair_tables[0]
+    assert len(explained) == 3 and explained["interaction"].abs().is_monotonic_decreasing
