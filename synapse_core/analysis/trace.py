@@ -2,6 +2,7 @@
 where they looked."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -230,39 +231,44 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
 
 def _read_heads(handle: ModelHandle, prompt_ids: torch.Tensor, decoded: Decoded, masks: tuple[HeadMask, ...],
                 capture_attention: bool) -> tuple[np.ndarray, np.ndarray | None, Fidelity]:
-    """One forward pass over prompt + generated tokens (the last one excluded: it predicts nothing
-    kept). Returns step activity (step, layer, head), attention (step, layer, head, k_pos) or None,
-    and the fidelity of the pass against the generation's logits."""
+    """One forward pass over the predicting positions: the last prompt token and the generated tokens
+    but the last. The keys and values of the prompt before it are the generation's own (its KV cache,
+    cut back), so a long prompt is not run twice; where the cache cannot be cut back (sliding-window
+    layers) the whole sequence runs. Returns step activity (step, layer, head), attention
+    (step, layer, head, k_pos) or None, and the fidelity of the pass against the generation's logits."""
     arch = handle.arch
     n_steps = len(decoded.ids)
     first = prompt_ids.shape[0] - 1  # the position that predicts generated token 0
     full = torch.cat([prompt_ids, torch.tensor(decoded.ids[:-1], dtype=prompt_ids.dtype, device=prompt_ids.device)])
+    past = _prefix(decoded.cache, first)
+    start = first if past is not None else 0  # sequence position of the pass's first row
     masked_by_layer: dict[int, list[int]] = {}
     for m in masks:
         masked_by_layer.setdefault(m.layer, []).append(m.head)
     z_rows: list = [None] * arch.n_layers  # per layer: (step, head, d_head)
     rows: list = [None] * arch.n_layers  # per layer: (head, step, k_pos)
-    masked_peak: dict[int, torch.Tensor] = {}  # layer -> (masked head,) largest |z| over every position
+    masked_peak: dict[int, torch.Tensor] = {}  # layer -> (masked head,) largest |z| over every position run
 
     def read_z(layer):
         heads = masked_by_layer.get(layer)
 
         def fn(z):  # (batch, pos, head, d_head): what enters the output projection, masks applied
-            z_rows[layer] = z[0, first:].detach().float().clone()
+            z_rows[layer] = z[0, first - start:].detach().float().clone()
             if heads:
                 masked_peak[layer] = z[0][:, heads].detach().abs().amax(dim=(0, 2)).cpu()
         return fn
 
     def read_pattern(layer):
         def fn(probs):  # (batch, head, q_pos, k_pos)
-            rows[layer] = probs[0, :, first:].detach().float().cpu()
+            rows[layer] = probs[0, :, first - start:].detach().float().cpu()
         return fn
 
     capture = {(layer, "attn.z"): [read_z(layer)] for layer in range(arch.n_layers)}
     if capture_attention:
         capture.update({(layer, "attn.pattern"): [read_pattern(layer)] for layer in range(arch.n_layers)})
     with torch.inference_mode(), hooks(handle.model, arch, merge_fns(mask_fns(masks), capture)):  # masks first
-        logits = handle.model(input_ids=full[None], logits_to_keep=n_steps).logits[0].float().cpu()
+        logits = handle.model(input_ids=full[None, start:], past_key_values=past, use_cache=past is not None,
+                              logits_to_keep=n_steps).logits[0].float().cpu()
         activity = torch.stack([_written_norms(arch, layer, z_rows[layer]) for layer in range(arch.n_layers)], dim=1)
     attention = None
     if capture_attention:
@@ -280,10 +286,25 @@ def _read_heads(handle: ModelHandle, prompt_ids: torch.Tensor, decoded: Decoded,
     return activity.cpu().numpy(), attention, fidelity
 
 
+def _prefix(cache, keep: int):
+    """The generation's KV cache cut back to its first `keep` positions, or None where it cannot be
+    (no cache, nothing to keep, or sliding-window layers that dropped old positions)."""
+    layers = getattr(cache, "layers", None)
+    if not keep or not layers or any(getattr(layer, "is_sliding", False) for layer in layers):
+        return None
+    cache.crop(keep - cache.get_seq_length())  # a negative count: remove that many positions from the end
+    return cache if cache.get_seq_length() == keep else None
+
+
 def _written_norms(arch, layer: int, z: torch.Tensor) -> torch.Tensor:
     """|| W_O^h z_h || for every head: z (step, head, d_head) -> (step, head)."""
     w_o = arch.head_weights(layer)["W_O"].detach().float()  # (head, d_model, d_head)
     return torch.einsum("hmd,shd->shm", w_o, z.to(w_o.device)).norm(dim=-1).cpu()
+
+
+# model -> {(layer_a, head_a, layer_b, head_b): (kind, score)}: composition depends on the weights alone,
+# so a pair seen on one trace's path is not computed again (the weights are frozen while a model is served)
+_EDGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def top_heads(head_activity: np.ndarray, k: int) -> tuple[HeadScore, ...]:
@@ -305,9 +326,13 @@ def thought_path(handle: ModelHandle, head_activity: np.ndarray) -> ThoughtPath:
     labels = [f"L{h.layer}.H{h.head}" for h in heads]
     edges = [PathEdge("Prompt_Ingress", labels[0], None, "ingress")]
     weights: dict = {}
+    known = _EDGES.setdefault(handle.model, {})
     for a, b, la, lb in zip(heads, heads[1:], labels, labels[1:]):
-        scores = composition_scores(handle.arch, a.layer, b.layer, weights, [a.head], [b.head])
-        kind, value = max(((k, float(v[0, 0])) for k, v in scores.items()), key=lambda kv: kv[1])
+        pair = (a.layer, a.head, b.layer, b.head)
+        if pair not in known:
+            scores = composition_scores(handle.arch, a.layer, b.layer, weights, [a.head], [b.head])
+            known[pair] = max(((k, float(v[0, 0])) for k, v in scores.items()), key=lambda kv: kv[1])
+        kind, value = known[pair]
         edges.append(PathEdge(la, lb, round(value, 6), kind))
     edges.append(PathEdge(labels[-1], "Response_Egress", None, "egress"))
     return ThoughtPath(nodes=("Prompt_Ingress", *labels, "Response_Egress"), heads=tuple(heads), edges=tuple(edges),

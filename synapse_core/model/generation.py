@@ -55,6 +55,7 @@ class Decoded:
     step_logits: torch.Tensor  # (step, d_vocab), the logits each token was chosen from
     stopped_on_eos: bool
     sampled_probs: tuple[float, ...] = ()  # per step: p(token) under the distribution it was drawn from
+    cache: object = None  # the KV cache after the last step (a DynamicCache), for a pass that continues it
 
     @property
     def model_probs(self) -> tuple[float, ...]:
@@ -98,7 +99,7 @@ def decode(handle: ModelHandle, input_ids: torch.Tensor, max_new_tokens: int, fn
                 break
             step_input = torch.tensor([[token]], device=input_ids.device)
     return Decoded(ids=ids, step_logits=torch.stack(logits_seen).cpu(), stopped_on_eos=stopped,
-                   sampled_probs=tuple(sampled))
+                   sampled_probs=tuple(sampled), cache=cache)
 
 
 def _choose(logits: torch.Tensor, sampling: Sampling, generator) -> tuple[int, float]:
