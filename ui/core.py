@@ -312,7 +312,7 @@ def experiment_url(key: str | None) -> str | None:
 
 
 # who and when before the long text columns, so they stay in view on a 1400 px window
-MASK_COLUMNS = ["head", "level", "by", "at", "reason", "experiment", "effect", "prompt", "target", "source"]
+MASK_COLUMNS = ["head", "level", "by", "at", "reason", "experiment", "effect", "cost", "prompt", "target", "source"]
 
 
 def mask_table(entries, links: bool = True) -> pd.DataFrame:

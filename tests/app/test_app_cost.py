@@ -6,6 +6,7 @@ import pytest
 from app_helpers import app as fresh_app
 
 from synapse_core.analysis.capabilities import default_capabilities
+from synapse_core.experiments import costs
 from synapse_core.governance.omconfig import HOST_ENV, TOKEN_ENV
 from ui import core
 from ui import cost as ucost
@@ -57,6 +58,8 @@ def test_a_required_cost_report_gates_the_quarantine_and_is_kept_as_evidence():
     audit = frame(at, "detail")
     (report,) = ucost.known_reports(at.session_state)
     assert audit["detail"][0].startswith(f"cost report {report.hash}: ")
+    masks = at.dataframe[0].value
+    assert list(masks["head"]) == ["0.6", "23.5"] and set(masks["cost"]) == {costs.evidence(report)}
 
 
 def test_a_report_above_the_perplexity_limit_asks_for_a_second_confirmation():
