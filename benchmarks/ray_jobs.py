@@ -95,25 +95,47 @@ def main() -> None:
 
             raypool.shutdown_pools()
             ray.shutdown()
-    for name, (ps, sw, t_ps, t_sw) in results.items():
-        print(f"{name:>5}: prompt set {t_ps:7.1f} s ({t_ps / len(cases) * 1000:6.1f} ms/prompt); "
-              f"sweep {t_sw:7.1f} s ({t_sw / len(sweep_cases):5.2f} s/prompt)")
+    for name, (ps, sw, (t_ps, c_ps), (t_sw, c_sw)) in results.items():
+        print(f"{name:>5}: prompt set {t_ps:7.1f} s wall, {c_ps:7.1f} s CPU ({t_ps / len(cases) * 1000:6.1f} ms/prompt "
+              f"wall, {c_ps / len(cases) * 1000:6.1f} CPU); sweep {t_sw:7.1f} s wall, {c_sw:7.1f} s CPU "
+              f"({t_sw / len(sweep_cases):5.2f} s/prompt wall, {c_sw / len(sweep_cases):5.2f} CPU)")
     if {"local", "ray"} <= set(results):
-        (a, sa, t_a, u_a), (b, sb, t_b, u_b) = results["local"], results["ray"]
+        (a, sa, (_, t_a), (_, u_a)), (b, sb, (_, t_b), (_, u_b)) = results["local"], results["ray"]
         diff = max(abs(x.change(a.metric) - y.change(b.metric)) for x, y in zip(a.rows, b.rows))
         sdiff = float(np.abs(sa.mean_effects - sb.mean_effects).max())
         shards_ps = len(split(cases, default_shard_size(len(cases), args.actors)))
         shards_sw = len(split(sweep_cases, default_shard_size(len(sweep_cases), args.actors)))
         print(f"largest difference local vs ray: prompt set {diff:.2e}, sweep mean effects {sdiff:.2e}")
-        print(f"ray overhead over local on this machine: prompt set {t_b - t_a:+.1f} s "
+        # CPU seconds, not wall: on a shared host two actor processes get a larger share of the CPU
+        # than one local process, which reads as a speed-up that a quiet machine would not show
+        print(f"ray overhead over local (CPU seconds, driver + actors): prompt set {t_b - t_a:+.1f} s "
               f"({(t_b - t_a) / shards_ps * 1000:+.0f} ms per shard, {shards_ps} shards), "
               f"sweep {u_b - u_a:+.1f} s ({(u_b - u_a) / shards_sw * 1000:+.0f} ms per shard, {shards_sw} shards)")
 
 
+def _actor_cpu(handle, engine) -> float:
+    """CPU seconds the pool's actors have used so far (0 for the local engine)."""
+    if engine is None:
+        return 0.0
+    import ray
+
+    from synapse_core.jobs import raypool
+
+    pool = raypool.pool_for(handle, engine)
+    return sum(i["cpu_s"] for i in ray.get([a.ready.remote() for a in pool.actors]))
+
+
 def _run(run_prompt_set, run_prompt_sweep, handle, cases, sweep_cases, head, engine):
-    ps, t_ps, _ = _timed(lambda: run_prompt_set(handle, cases, head, engine=engine))
-    sw, t_sw, _ = _timed(lambda: run_prompt_sweep(handle, sweep_cases, engine=engine))
-    return ps, sw, t_ps, t_sw
+    """Both jobs on one engine: results, wall seconds, and CPU seconds of this process plus the actors."""
+    times = []
+    out = []
+    for job in (lambda: run_prompt_set(handle, cases, head, engine=engine),
+                lambda: run_prompt_sweep(handle, sweep_cases, engine=engine)):
+        before = _actor_cpu(handle, engine)
+        result, wall, cpu = _timed(job)
+        out.append(result)
+        times.append((wall, cpu + _actor_cpu(handle, engine) - before))
+    return out[0], out[1], times[0], times[1]
 
 
 if __name__ == "__main__":

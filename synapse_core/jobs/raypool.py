@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from urllib.parse import urlparse
 
 from ..common.errors import SynapseError
@@ -86,7 +87,8 @@ class ModelWorker:
         self.handle = load_model(spec, device=device, dtype=dtype)
 
     def ready(self) -> dict:
-        return {"fingerprint": self.handle.fingerprint, "pid": os.getpid()}
+        """Who this worker is, and its CPU seconds so far (benchmarks/ray_jobs.py adds them up)."""
+        return {"fingerprint": self.handle.fingerprint, "pid": os.getpid(), "cpu_s": time.process_time()}
 
     def run(self, fn, index: int, cases: tuple, params: dict):
         return index, list(fn(self.handle, cases, **params))
