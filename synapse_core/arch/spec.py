@@ -12,6 +12,7 @@ from .adapters import Architecture
 MASK_LEVELS = ("projection", "attention", "both")
 TARGET_SITES = ("attn.head", "attn", "mlp", "resid")
 OPS = ("zero", "mean", "patch", "steer")
+FEATURE_OPS = ("zero", "clamp", "steer")  # on an SAE feature, its SAE's error term kept
 
 
 @dataclass(frozen=True, order=True)
@@ -99,6 +100,8 @@ class Intervention:
     op: zero | mean | patch | steer.
     positions: "all", "last", or a tuple of token positions.
     source: for patch, the source prompt; for steer, a description of the direction.
+    feature: an SAE feature's name (layers.15.resid.post.sae.1234) whose SAE reads `site`; op is then
+    zero, clamp (to `value`) or steer (adds `value` x its decoder direction).
     """
 
     layer: int
@@ -107,17 +110,24 @@ class Intervention:
     head: int | None = None
     positions: str | tuple[int, ...] = "all"
     source: str | None = None
+    feature: str | None = None
+    value: float | None = None
 
     def __post_init__(self):
         if self.site not in TARGET_SITES:
             raise BadInput(f"site {self.site!r} is not one of {', '.join(TARGET_SITES)}")
-        if self.op not in OPS:
+        if self.feature is not None:
+            if self.op not in FEATURE_OPS or self.head is not None:
+                raise BadInput(f"a feature is zeroed, clamped or steered ({', '.join(FEATURE_OPS)}), not {self.op!r}")
+        elif self.op not in OPS:
             raise BadInput(f"operation {self.op!r} is not one of {', '.join(OPS)}")
         if (self.site == "attn.head") != (self.head is not None):
             raise BadInput("a head is given exactly when the site is attn.head")
 
     @property
     def name(self) -> str:
+        if self.feature is not None:
+            return self.feature
         if self.site == "attn.head":
             return f"layers.{self.layer}.attn.head.{self.head}"
         return f"layers.{self.layer}.{self.site}"

@@ -17,6 +17,7 @@ from . import common as cli
 from . import promptsets
 
 MODES = ("zero", "mean", "patch")
+FEATURE_MODES = ("clamp", "steer")  # with --feature only
 
 
 
@@ -26,7 +27,9 @@ def _common_args(p):
     p.add_argument("--prompt", default=None, help="the prompt (or --prompt-set FILE)")
     p.add_argument("--target", default=None, help='the token to score, e.g. " Paris" (mind the leading space)')
     p.add_argument("--contrast", default=None, help="logit_diff = logit(target) - logit(contrast)")
-    p.add_argument("--mode", default="zero", choices=MODES)
+    p.add_argument("--mode", default="zero", choices=MODES + FEATURE_MODES,
+                   help="zero, mean, patch; for --feature: zero, clamp (to --value) or steer (adds --value x its "
+                        "decoder direction)")
     p.add_argument("--source-prompt", default=None, help="--mode patch: the prompt activations are copied from")
     p.add_argument("--positions", default="all", help="all (default), last, or token positions: 0,3,-1")
     p.add_argument("--reference-file", default=None, metavar="F",
@@ -73,6 +76,9 @@ def _ablate_args(p):
     _common_args(p)
     p.add_argument("--heads", default="", help="heads to intervene on together: L.H,L.H,...")
     p.add_argument("--components", default="", help="other components: layers.L.attn, layers.L.mlp, layers.L.resid, ...")
+    p.add_argument("--feature", action="append", default=[], metavar="NAME",
+                   help="an SAE feature, e.g. layers.15.resid.post.sae.1234 (its SAE's error term kept); repeatable")
+    p.add_argument("--value", type=float, default=None, help="--mode clamp: the activation; steer: the multiple")
 
 
 def _metrics_json(m) -> dict:
@@ -87,10 +93,18 @@ def _ablate(args):
     positions = parse_positions(args.positions)
     source = args.source_prompt if args.mode == "patch" else None
     names = [h.short for h in parse_heads(args.heads)] + [c for c in args.components.replace(" ", ",").split(",") if c]
-    if not names:
-        raise BadInput("nothing to ablate: give --heads L.H,... or --components layers.L.mlp,...")
+    if not names and not args.feature:
+        raise BadInput("nothing to ablate: give --heads L.H,..., --components layers.L.mlp,... or --feature NAME")
+    if args.mode in FEATURE_MODES and names:
+        raise BadInput(f"--mode {args.mode} acts on --feature only, not on heads or components")
     settings = _settings(args)
     ivs = [parse_intervention(name, args.mode, positions, source) for name in names]
+    if args.feature:
+        from ..features.intervene import feature_intervention
+
+        if args.mode not in ("zero", *FEATURE_MODES):
+            raise BadInput(f"a feature is zeroed, clamped or steered, not --mode {args.mode}")
+        ivs += [feature_intervention(name, args.mode, args.value, positions) for name in args.feature]
     cases = promptsets.read_cases(args)
     if cases is not None:
         return promptsets.ablate_set(args, cases, ivs, settings)

@@ -13,11 +13,13 @@ import sys
 from ..common.errors import SynapseError
 from .ablate import COMMANDS as ABLATE_COMMANDS
 from .discover import COMMANDS as DISCOVER_COMMANDS
+from .features import COMMANDS as FEATURES_COMMANDS
 from .governance import COMMANDS as GOVERNANCE_COMMANDS
 from .graph import COMMANDS as GRAPH_COMMANDS
 from .trace import COMMANDS as TRACE_COMMANDS
 
-COMMANDS = [*TRACE_COMMANDS, *GOVERNANCE_COMMANDS, *ABLATE_COMMANDS, *DISCOVER_COMMANDS, *GRAPH_COMMANDS]
+COMMANDS = [*TRACE_COMMANDS, *GOVERNANCE_COMMANDS, *ABLATE_COMMANDS, *DISCOVER_COMMANDS, *GRAPH_COMMANDS,
+            *FEATURES_COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

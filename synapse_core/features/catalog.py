@@ -16,6 +16,7 @@ import numpy as np
 from ..common import settings
 from ..common.errors import BadInput, StoreError
 from .harvest import parse_site
+from .labels import human_labels
 from .sae import CFG_FILE, SAEConfig, TopKSAE, load_sae
 from .stats import N_BINS, STATS_JSON, FeatureStats, TopContext
 
@@ -56,6 +57,9 @@ class FeatureInfo:
     promoted: list[tuple[int, float]]  # (token id, logit) its decoder direction raises most
     suppressed: list[tuple[int, float]]
     cooccurring: list[tuple[str, float]]  # (feature name, Jaccard index of the token sets)
+    auto_label: str = ""  # computed when the SAE was built; `label` is a person's label when one is stored
+    label_by: str | None = None  # who gave the person's label
+    label_at: str | None = None  # when (UTC)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -133,8 +137,9 @@ def show_feature(name: str, dirs: list[Path] | None = None) -> FeatureInfo:
                          "run `features eval` on it first")
     st = FeatureStats(info.path)
     a = st.arrays
+    human = human_labels(sae_name).get(index)
     return FeatureInfo(
-        name=f"{sae_name}.{index}", sae=sae_name, feature=index, label=st.label(index),
+        name=f"{sae_name}.{index}", sae=sae_name, feature=index, label=human.text if human else st.label(index),
         density=float(a["density"][index]), max_activation=float(a["max_act"][index]),
         mean_activation=float(a["mean_act"][index]), top_contexts=st.top_contexts(index),
         histogram=[int(c) for c in a["hist"][index][:N_BINS]],
@@ -142,15 +147,19 @@ def show_feature(name: str, dirs: list[Path] | None = None) -> FeatureInfo:
         suppressed=[(int(t), float(v)) for t, v in zip(a["suppressed_ids"][index], a["suppressed_logits"][index])],
         cooccurring=[(f"{sae_name}.{int(j)}", float(v)) for j, v in zip(a["cooc_idx"][index], a["cooc_jaccard"][index])
                      if v > 0],
+        auto_label=st.label(index), label_by=human.by if human else None, label_at=human.at if human else None,
     )
 
 
 def search_features(name: str, query: str, dirs: list[Path] | None = None, limit: int = 50) -> list[int]:
-    """Indices of features whose label contains `query` (case-insensitive), densest first."""
+    """Indices of features whose label (automatic or a person's) contains `query` (case-insensitive),
+    densest first."""
     info = find_sae(name, dirs)
     st = FeatureStats(info.path)
     q = query.lower()
-    hits = [i for i, label in enumerate(st.meta["labels"]) if q in label.lower()]
+    human = human_labels(info.name)
+    hits = [i for i, label in enumerate(st.meta["labels"])
+            if q in label.lower() or (i in human and q in human[i].text.lower())]
     density = st.arrays["density"]
     return sorted(hits, key=lambda i: -float(density[i]))[:limit] if len(hits) else []
 

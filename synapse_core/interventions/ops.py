@@ -24,6 +24,7 @@ from ..hooks.dispatch import SiteFn, hooks
 from ..hooks.masking import mask_fns, merge_fns
 from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt
+from .featureops import feature_site_fn
 from .reference import default_reference_prompts
 
 HOOK_SITE = {"attn.head": "attn.z", "attn": "attn.out", "mlp": "mlp.out", "resid": "resid.post"}
@@ -314,13 +315,14 @@ def prepare(handle: ModelHandle, ids: torch.Tensor, interventions, settings: OpS
             notes.append(note)
 
     for i, iv in enumerate(ivs):
-        if iv.op == "steer":
+        if iv.op == "steer" and iv.feature is None:
             values[i], note = steering_direction(handle, iv, settings, masks)
             notes.append(note)
 
     fns = []
     for iv, value in zip(ivs, values):
-        fn, fn_notes = site_fn(iv, n_pos, value)
+        fn, fn_notes = (feature_site_fn(handle, iv, resolve_positions(iv.positions, n_pos)) if iv.feature
+                        else site_fn(iv, n_pos, value))
         fns.append(fn)
         notes.extend(fn_notes)
     return Prepared(
