@@ -2,6 +2,7 @@
 for this module and shut down after. A prompt-set evaluation and a sweep over a prompt set on the
 bundled model give the local engine's numbers (1e-5, float32) and the same experiment hash, and a
 model actor killed mid-job is restarted by Ray, its shard re-run, and the result still complete."""
+import json
 import os
 
 import numpy as np
@@ -30,11 +31,16 @@ RAY = EngineConfig("ray", ray_actors=2, shard_size=1)
 
 @pytest.fixture(scope="module")
 def cluster():
+    import torch
+
     os.environ.setdefault(raypool.WORKER_NICENESS_ENV, "0")  # see raypool.connect
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor (one CPU each): the same kernels, so the local run rounds alike
     try:
         yield
     finally:
+        torch.set_num_threads(threads)
         raypool.shutdown_pools()
         ray.shutdown()
 
@@ -76,6 +82,25 @@ def test_a_sweep_over_a_prompt_set_on_ray_is_the_local_experiment(bundled, clust
     for a, b in zip(local.result.sweeps, remote.result.sweeps):
         assert a.prompt == b.prompt
         np.testing.assert_allclose(b.effects, a.effects, atol=1e-5)
+
+
+def test_the_cli_prints_the_same_prompt_set_on_both_engines(bundled, cluster, tmp_path, monkeypatch, capsys):
+    from synapse_core.cli.main import main
+
+    path = tmp_path / "set.txt"
+    path.write_text("\n".join(f'{c.prompt} | "{c.target}" | "{c.contrast}"' for c in CASES[:3]), encoding="utf-8")
+    out = {}
+    for engine in ("ray", "local"):
+        monkeypatch.setenv("SYNAPSE_HOME", str(tmp_path / engine))  # a store each: neither answers the other
+        argv = ["ablate", "--prompt-set", str(path), "--heads", "0.6", "--no-masks", "--engine", engine, "--json"]
+        code = main(argv + (["--ray-actors", "2"] if engine == "ray" else []))
+        stdout, err = capsys.readouterr()
+        assert code == 0, err
+        out[engine] = json.loads(stdout)
+    assert out["ray"]["experiment"] == out["local"]["experiment"]
+    assert [p["prompt"] for p in out["ray"]["prompts"]] == [c.prompt for c in CASES[:3]]
+    for a, b in zip(out["local"]["prompts"], out["ray"]["prompts"]):
+        assert (b["clean"], b["ablated"], b["effect"]) == pytest.approx((a["clean"], a["ablated"], a["effect"]), abs=1e-5)
 
 
 def test_an_actor_killed_mid_job_is_replaced_and_its_shard_rerun(bundled, cluster, tmp_path):
