@@ -269,12 +269,19 @@ def target_cost(handle: ModelHandle, targets, before: torch.Tensor, after: torch
     return tuple(out)
 
 
+def prompts_of(config: CostConfig) -> list[str]:
+    """The prompts a report runs: the capability prompts, then the targets'."""
+    return [c.prompt for c in config.capabilities] + [t.prompt for t in config.targets]
+
+
 def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None,
-                text_before: TextScore | None = None, progress: CostProgress | None = None) -> CostReport:
+                text_before: TextScore | None = None, progress: CostProgress | None = None,
+                logits_before: torch.Tensor | None = None) -> CostReport:
     """Measure the cost of `config.heads` against `config.masks` (see the module docstring).
 
     text: the general text (its digest must match the config's); text_before: its score with the
-    masks in force when already known (the store keeps it: it is the same for every report).
+    masks in force when already known (the store keeps it: it is the same for every report);
+    logits_before: likewise the next-token logits (n_prompts, d_vocab) of prompts_of(config).
     """
     t0 = time.perf_counter()
     if config.fingerprint != handle.fingerprint:
@@ -293,8 +300,11 @@ def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None =
         return fn
 
     caps = config.capabilities
-    prompts = [c.prompt for c in caps] + [t.prompt for t in config.targets]
-    before = next_token_logits(handle, prompts, config.masks, step("capabilities before"))
+    prompts = prompts_of(config)
+    before = logits_before if logits_before is not None else next_token_logits(handle, prompts, config.masks,
+                                                                                  step("capabilities before"))
+    if before.shape[0] != len(prompts):
+        raise BadInput(f"{before.shape[0]} rows of logits given for {len(prompts)} prompts")
     same = set(config.added) == set(config.masks)  # nothing new: after is before, exactly
     after = before if same else next_token_logits(handle, prompts, config.added, step("capabilities after"))
     groups = capability_cost(handle, caps, before[:len(caps)], after[:len(caps)])

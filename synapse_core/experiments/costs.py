@@ -1,14 +1,18 @@
 """Cost reports as stored experiments: hashed, listed in History, reopened and exported like any
-other. The text score with the masks in force ("before") is the same for every report on that text,
-so the store keeps it too (kind "textscore", not listed): a report then runs the text once, with
-the new masks."""
+other. The text score and the prompts' next-token logits with the masks in force ("before") are the
+same for every report on that text and prompt set, so the store keeps them too (kinds "textscore" and
+"promptlogits", float32, not listed): a later report runs the text and the prompts once, with the
+new masks."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
 
+import torch
+
+from ..analysis.capabilities import next_token_logits
 from ..analysis.cheapest import CheapestSet, TradeoffPoint, pareto_front
-from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_config, cost_report
+from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_config, cost_report, prompts_of
 from ..analysis.perplexity import TextDocs, TextScore, score_text
 from ..common.errors import BadInput, StoreError
 from ..model.loading import ModelHandle
@@ -28,6 +32,20 @@ def _text_before(handle: ModelHandle, config: CostConfig, text: TextDocs, store:
     return entry.result
 
 
+def _logits_before(handle: ModelHandle, config: CostConfig, store: ResultStore,
+                   progress: CostProgress | None) -> torch.Tensor:
+    """The prompts' next-token logits with the masks in force, kept like the text score."""
+    prompts = prompts_of(config)
+    key = {"model": config.model, "fingerprint": config.fingerprint, "dtype": config.dtype, "prompts": prompts,
+           "masks": [asdict(m) for m in config.masks]}
+    step = (lambda done, total: progress("capabilities before", done, total)) if progress else None
+    entry, _, _ = store.get_or_compute("promptlogits", key,
+                                       lambda: next_token_logits(handle, prompts, config.masks, step))
+    if not isinstance(entry.result, torch.Tensor):
+        raise StoreError(f"result {entry.key} is a {entry.kind} entry, not prompt logits")
+    return entry.result
+
+
 def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None, store: ResultStore | None = None,
              progress: CostProgress | None = None) -> Experiment:
     """Answer from the store when this exact report was made before, else measure and store it.
@@ -42,7 +60,8 @@ def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = No
 
     def compute():
         before = _text_before(handle, config, text, store, progress) if text is not None else None
-        return StoredExperiment(config, cost_report(handle, config, text, before, progress))
+        logits = _logits_before(handle, config, store, progress)
+        return StoredExperiment(config, cost_report(handle, config, text, before, progress, logits))
 
     entry, from_cache, notes = store.get_or_compute(
         config.kind, config, compute, summary={"kind": config.kind, "model": config.model, "title": config.title})

@@ -180,11 +180,18 @@ def test_a_report_is_a_stored_experiment_and_the_text_before_is_scored_once(stor
     calls = []
     real = costs.score_text
     monkeypatch.setattr(costs, "score_text", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    prompt_calls = []
+    real_logits = costs.next_token_logits
+    monkeypatch.setattr(costs, "next_token_logits",
+                        lambda *a, **k: prompt_calls.append(a[2]) or real_logits(*a, **k))
     first = costs.run_cost(handle, cost_config(handle, ["0.1"], (), docs, WINDOW, CAPS), docs, store)
     again = costs.run_cost(handle, cost_config(handle, ["0.1"], (), docs, WINDOW, CAPS), docs, store)
     other = costs.run_cost(handle, cost_config(handle, ["1.2"], (), docs, WINDOW, CAPS), docs, store)
     assert not first.from_cache and again.from_cache and again.hash == first.hash != other.hash
-    assert calls == [()]  # the masks-in-force score once, kept for the second report
+    assert calls == [()] and prompt_calls == [()]  # the masks-in-force scores once, kept for the second report
+    fresh = cost_report(handle, cost_config(handle, ["1.2"], (), docs, WINDOW, CAPS), docs)
+    assert [g.mean_kl for g in other.result.groups] == [g.mean_kl for g in fresh.groups]
+    assert other.result.text.perplexity_after == fresh.text.perplexity_after
     assert other.result.text.perplexity_before == first.result.text.perplexity_before
     listed, problems = list_experiments(store, kind="cost")
     assert {s.hash for s in listed} == {first.hash, other.hash} and not problems
