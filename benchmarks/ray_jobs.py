@@ -40,8 +40,8 @@ TEMPLATES = [
 
 
 def prompt_lines(n: int) -> str:
-    pairs = itertools.permutations(NAMES, 2)
-    rows = (f'{t.format(a=a, b=b)} | " {a}" | " {b}"' for (a, b), t in zip(pairs, itertools.cycle(TEMPLATES)))
+    cases = ((t, a, b) for (a, b) in itertools.permutations(NAMES, 2) for t in TEMPLATES)  # 396 in all
+    rows = (f'{t.format(a=a, b=b)} | " {a}" | " {b}"' for t, a, b in cases)
     return "\n".join(itertools.islice(rows, n))
 
 
