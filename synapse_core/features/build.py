@@ -36,7 +36,7 @@ class BuildPlan:
     harvest_batch: int = 16
     ce_contexts: int = 48  # held-out contexts (6k tokens) run clean, spliced and zeroed for CE
     # tokens seen by each SAE, by layer (epochs over the harvest as needed); the middle one most
-    train_tokens: tuple[tuple[int, int], ...] = ((15, 1_200_000), (5, 700_000), (25, 700_000))
+    train_tokens: tuple[tuple[int, int], ...] = ((15, 2_000_000), (5, 1_200_000), (25, 1_200_000))
     d_sae: int = 4608  # 8 x d_model
     k: int = 32
     seed: int = 0

@@ -4,8 +4,8 @@
 `<venv>/share/synapse-corpus`). This module cuts each source into documents of about
 DOC_CHARS characters, assigns every document to the train or held-out split by a hash of its
 id (fixed, so training never sees a held-out document), mixes the sources in a fixed order, and
-packs the token stream into contexts: `[<|endoftext|>] + ctx_len - 1 text tokens`, documents joined
-by `<|endoftext|>`. Nothing is read before it is needed: `contexts()` is a generator.
+packs the token stream into contexts: `[separator] + ctx_len - 1 text tokens`, documents joined
+by the separator (the tokenizer's EOS token, see `separator_id`). Nothing is read before it is needed: `contexts()` is a generator.
 """
 from __future__ import annotations
 
@@ -177,9 +177,13 @@ def mixed_documents(split: str, seed: int = 0, root: Path | None = None) -> Iter
 
 
 def separator_id(tokenizer) -> int:
-    tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
-        tid = tokenizer.eos_token_id
+    """The token that opens each context and joins documents: the tokenizer's EOS token (for the
+    bundled model's GGUF tokenizer that is `<|im_start|>`, id 1), else `<|endoftext|>`."""
+    tid = tokenizer.eos_token_id
+    if tid is None:
+        tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if tid is None:
+        raise BadInput("the tokenizer has no EOS token to separate documents with")
     return int(tid)
 
 

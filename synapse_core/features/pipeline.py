@@ -75,32 +75,37 @@ def train_and_ship(handle, plan, work: Path, out_dir: Path, log) -> dict[str, Pa
     trained = train_stage(handle, plan, work, log)
     heldout = ActivationStore(work / "harvest-heldout", limit=plan.heldout_contexts)
     shipped = {site: sae.to_dtype("float16") for site, sae in trained.items()}
-    as_eval = {site: sae.to_dtype("float32") for site, sae in shipped.items()}
+    as_eval = {site: sae.to_dtype("float32") for site, sae in shipped.items()}  # measure what ships
     t0 = time.time()
     ce = ce_figures(handle, as_eval, heldout.tokens()[: plan.ce_contexts], progress=lambda d, n: (
         log(f"eval CE: {d}/{n} contexts") if d % 32 == 0 or d == n else None))
     log(f"eval CE done in {time.time() - t0:.0f}s")
-    unembed = handle.model.get_output_embeddings().weight
-    norm_w = final_norm_weight(handle.model)
     paths = {}
-    for site, sae in as_eval.items():
-        t0 = time.time()
-        name = sae_name(site)
-        q = quality(activation_figures(sae, heldout.acts(site)), ce[site])
-        log(f"quality {name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in q.to_json().items()))
-        arrays = stats.compute(sae, heldout.acts(site), heldout.tokens(), unembed, norm_w)
-        labels = stats.auto_labels(arrays, handle.tokenizer.decode)
-        folder = out_dir / name
-        shipped[site].save(folder)
-        meta = {
-            "name": name, "site": site, "model": handle.name if hasattr(handle, "name") else "bundled",
-            "quality": q.to_json(), "train": asdict(train_config(plan, sae.cfg.hook_layer)),
-            "harvest": {"train_contexts": plan.train_contexts, "heldout_contexts": plan.heldout_contexts,
-                        "ce_contexts": plan.ce_contexts, "ctx_len": plan.ctx_len, "exclude_bos": True},
-            "corpus": [s.package for s in SOURCES], "top_contexts_from": "heldout",
-        }
-        stats.save(folder, arrays, labels, meta)
-        log(f"stats {name} done in {time.time() - t0:.0f}s -> {folder}")
-        paths[site] = folder
+    for site, sae in shipped.items():
+        paths[site] = ship(handle, plan, site, sae, heldout, ce[site], out_dir, log)
     return paths
+
+
+def ship(handle, plan, site: str, sae16: TopKSAE, heldout: ActivationStore, ce: dict, out_dir: Path, log) -> Path:
+    """Measure, describe and write one half-precision SAE; ce: its ce_figures entry."""
+    t0 = time.time()
+    name = sae_name(site)
+    sae = sae16.to_dtype("float32")
+    q = quality(activation_figures(sae, heldout.acts(site)), ce)
+    log(f"quality {name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in q.to_json().items()))
+    unembed = handle.model.get_output_embeddings().weight
+    arrays = stats.compute(sae, heldout.acts(site), heldout.tokens(), unembed, final_norm_weight(handle.model))
+    labels = stats.auto_labels(arrays, handle.tokenizer.decode)
+    folder = out_dir / name
+    sae16.save(folder)
+    meta = {
+        "name": name, "site": site, "model": getattr(handle, "name", "bundled"),
+        "quality": q.to_json(), "train": asdict(train_config(plan, sae.cfg.hook_layer)),
+        "harvest": {"train_contexts": plan.train_contexts, "heldout_contexts": plan.heldout_contexts,
+                    "ce_contexts": plan.ce_contexts, "ctx_len": plan.ctx_len, "exclude_bos": True},
+        "corpus": [s.package for s in SOURCES], "top_contexts_from": "heldout",
+    }
+    stats.save(folder, arrays, labels, meta)
+    log(f"stats {name} done in {time.time() - t0:.0f}s -> {folder}")
+    return folder
