@@ -13,6 +13,7 @@ PAGES = {
     "ablate": st.Page("pages/ablate.py", title="Ablate", icon="✂️"),
     "discover": st.Page("pages/discover.py", title="Discover", icon="🧭"),
     "graph": st.Page("pages/graph.py", title="Graph", icon="🕸️"),
+    "features": st.Page("pages/features.py", title="Features", icon="🧩"),
     "governance": st.Page("pages/governance.py", title="Governance", icon="🛡️"),
     "history": st.Page("pages/history.py", title="History", icon="🗂️"),
 }

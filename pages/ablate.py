@@ -3,7 +3,7 @@ token; sweep the operation over every head or layer; evaluate it over a prompt s
 stored experiment; its share link `?experiment=<hash>` opens it here."""
 import streamlit as st
 
-from synapse_core.arch.spec import OPS, TARGET_SITES
+from synapse_core.arch.spec import FEATURE_OPS, OPS, TARGET_SITES
 from synapse_core.common.errors import SynapseError
 from synapse_core.experiments.records import ablation_config, promptset_config, sweep_config
 from synapse_core.interventions.metrics import METRIC_LABELS, METRICS, resolve_target
@@ -11,6 +11,7 @@ from synapse_core.interventions.ops import parse_positions
 from synapse_core.interventions.sweep import LAYER_SITES
 from ui import ablate as ui_ablate
 from ui import core
+from ui import features as ui_features
 from ui import trace as ui_trace
 
 st.title("Ablate")
@@ -35,19 +36,29 @@ handle = core.require_model()
 
 st.subheader("Intervention")
 site_col, what_col, op_col, pos_col = st.columns(4)
-site = site_col.selectbox("Component", TARGET_SITES, format_func=ui_ablate.SITE_LABELS.get, key="ablate_site")
-heads, layer = "", 0
-if site == "attn.head":
+site = site_col.selectbox("Component", [*TARGET_SITES, "feature"], key="ablate_site",
+                          format_func=lambda s: ui_ablate.SITE_LABELS.get(s, "SAE feature(s)"))
+heads, layer, features, value = "", 0, "", None
+if site == "feature":
+    features = what_col.text_input("Features", key="ablate_features", placeholder="layers.15.resid.post.sae.1234",
+                                   help="Names from the Features page, comma-separated; the SAE's error term is kept.")
+elif site == "attn.head":
     heads = what_col.text_input("Heads (LAYER.HEAD)", key="ablate_heads", placeholder="e.g. 9.6, 10.0",
                                 help="Several heads are intervened on together.")
 else:
     layer = what_col.number_input("Layer", min_value=0, max_value=handle.arch.n_layers - 1, key="ablate_layer")
-op = op_col.selectbox("Operation", OPS, format_func=ui_ablate.OP_LABELS.get, key="ablate_op")
+op = op_col.selectbox("Operation", FEATURE_OPS if site == "feature" else OPS, key="ablate_op",
+                      format_func=lambda o: ui_features.FEATURE_OP_LABELS.get(o) if site == "feature"
+                      else ui_ablate.OP_LABELS.get(o))
 positions = pos_col.text_input("Positions", value="all", key="ablate_positions",
                                help="all, last, or token positions such as 0, 3, -1")
 reference = source = plus = minus = ""
 scale = 1.0
-if op == "mean":
+if site == "feature":
+    if op != "zero":
+        value = st.number_input("Activation to clamp to" if op == "clamp" else "Multiple of the decoder direction",
+                                value=10.0, step=1.0, key="ablate_feature_value")
+elif op == "mean":
     reference = st.text_area("Reference prompts, one a line (empty: the default set shipped with Synapse)",
                              key="ablate_reference")
 elif op == "patch":
@@ -81,6 +92,8 @@ if target:
 
 def chosen():
     """The interventions the form describes (SynapseError when it is incomplete)."""
+    if site == "feature":
+        return ui_features.feature_interventions(features, op, value, positions)
     return ui_ablate.interventions(site, heads, layer, op, positions, source)
 
 

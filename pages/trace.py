@@ -5,6 +5,7 @@ from streamlit_agraph import agraph
 from synapse_core import Sampling
 from synapse_core.common.errors import SynapseError
 from ui import core
+from ui import features as ui_features
 from ui import trace as ui_trace
 
 st.title("Trace")
@@ -140,6 +141,9 @@ else:
                    f"{influence.passes} batched passes; masks of the run in force.")
     except SynapseError as exc:
         core.show_error(exc)
+
+st.subheader("Features")
+ui_features.trace_section(handle, result.prompt_ids + result.generated_ids)
 
 st.subheader("Downloads")
 json_col, heads_col, steps_col = st.columns(3)
