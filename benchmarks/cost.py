@@ -2,8 +2,8 @@
 
 1. cost report time for 1, 5 and 20 heads (the first heads of the hallucination discovery's verified
    candidates) over the 120 capability prompts and --tokens tokens of the corpus's held-out split:
-   with the text score of the masks in force taken from the store (as every report after the first
-   runs) and cold (that score computed too);
+   with the text score and prompt logits of the masks in force taken from the store (as every report
+   after the first runs) and cold (those computed too);
 2. the same work with one forward pass per prompt and per window, for the middle size (the per-window
    time measured on 8 windows and scaled to all of them);
 3. the guided demo's hallucination example ("The capital of Australia is the city of", ' Sydney'
@@ -70,7 +70,15 @@ def main() -> None:
     print(f"\ntext score with the masks in force ({before.tokens} tokens, {len(before.doc_of)} windows): "
           f"{text_s:.1f} s = {before.tokens / text_s:.0f} tokens/s; perplexity {before.perplexity:.3f}")
 
-    demo(handle, found, circuit, docs, args.window, caps, target, before)
+    from synapse_core.analysis.capabilities import next_token_logits
+    from synapse_core.analysis.cost import prompts_of
+
+    t = time.perf_counter()
+    logits = next_token_logits(handle, prompts_of(cost_config(handle, [], (), docs, args.window, caps, target)))
+    prompts_s = time.perf_counter() - t
+    print(f"prompt logits with the masks in force ({len(caps) + 1} prompts, batched): {prompts_s:.1f} s")
+    before_s = text_s + prompts_s
+    demo(handle, found, circuit, docs, args.window, caps, target, before, logits)
 
     print("\n1-2. cost report time (capabilities + text), batched vs one forward pass per prompt / window")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -79,9 +87,10 @@ def main() -> None:
         heads = candidates[:n]
         config = cost_config(handle, heads, (), docs, args.window, caps, target)
         t = time.perf_counter()
-        report = cost_report(handle, config, docs, text_before=before)
+        report = cost_report(handle, config, docs, text_before=before, logits_before=logits)
         warm = time.perf_counter() - t
-        print(f"  {n:>2} heads: report {warm:.1f} s with the stored text score, {warm + text_s:.1f} s cold "
+        print(f"  {n:>2} heads: report {warm:.1f} s with the stored scores of the masks in force, "
+              f"{warm + before_s:.1f} s cold "
               f"({report.forward_passes} batched passes)", flush=True)
         print(f"      {report.verdict()}", flush=True)
         if n != baseline_at:
@@ -106,13 +115,13 @@ def main() -> None:
               f"{per_prompt:.1f} s + text {per_window:.1f} s (est.) = {per_prompt + per_window:.1f} s", flush=True)
 
 
-def demo(handle, found, circuit, docs, window, caps, target, before) -> None:
+def demo(handle, found, circuit, docs, window, caps, target, before, logits) -> None:
     from synapse_core.analysis.cheapest import cheapest_set
     from synapse_core.analysis.cost import cost_config, cost_report
 
     print("\n3. the hallucination example", flush=True)
     config = cost_config(handle, circuit, (), docs, window, caps, target)
-    circ = cost_report(handle, config, docs, text_before=before)
+    circ = cost_report(handle, config, docs, text_before=before, logits_before=logits)
     print(f"  circuit {', '.join(circuit)}: {circ.verdict()}")
     t = time.perf_counter()
     search = cheapest_set(handle, found, 0.8)
@@ -123,7 +132,7 @@ def demo(handle, found, circuit, docs, window, caps, target, before) -> None:
         return
     chosen = [f"{h.layer}.{h.head}" for h in search.chosen]
     cheap = cost_report(handle, cost_config(handle, chosen, (), docs, window, caps, target), docs,
-                        text_before=before)
+                        text_before=before, logits_before=logits)
     print(f"  cheapest set reaching 80% ({', '.join(chosen)}): {cheap.verdict()}")
 
 
