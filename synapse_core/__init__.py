@@ -10,13 +10,14 @@ The engine is a stack of subpackages, each importing only from the ones listed b
     features        sparse autoencoders and transcoders over the model's activations
     interventions   ops (zero, mean, patch, steer), ablation, sweeps, metrics, prompt sets
     analysis        trace, attention patterns, token influence, composition, attribution,
-                    discovery, circuits, verification
+                    discovery, circuits, verification, the cost of a quarantine (perplexity,
+                    capability prompts) and the cheapest sufficient set
     graphs          attribution graphs of a frozen (local replacement) model: adjacency, pruning,
                     influence, supernodes
     jobs            one interface for long jobs over a prompt set, two engines: local (in-process)
                     and ray (a pool of model actors, shards, retries)
     experiments     the result store and every stored experiment (ablations, sweeps, traces,
-                    discoveries)
+                    discoveries, cost reports)
     governance      mask store, audit log, outbox, catalog, OpenMetadata client, change events
     cli             one module a command group, their shared helpers, and the parser
 
