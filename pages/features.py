@@ -86,6 +86,14 @@ if saved:
             st.rerun()
         except SynapseError as exc:
             core.show_error(exc)
+llm = uf.llm_config()  # None unless SYNAPSE_LLM_URL names an OpenAI-compatible endpoint
+if llm is not None and st.button(f"Ask {llm.model} for a label", key="features_llm_label"):
+    try:
+        with st.spinner(f"Asking {llm.url} …"):
+            uf.save_llm_label(f, handle.tokenizer.decode, llm)
+        st.rerun()
+    except SynapseError as exc:
+        core.show_error(exc)
 
 st.subheader("Graph of features")
 size_col, kind_col, cos_col = st.columns(3)

@@ -249,3 +249,19 @@ def feature_graph(info: catalog.SAEInfo, features: list[int], threshold: float):
     from synapse_core.features.cograph import feature_graph as build
 
     return build(info.name, features, threshold)
+
+
+# ---- LLM labels (only when an endpoint is configured) ----------------------------------------
+
+
+def llm_config():
+    from synapse_core.features.llmlabel import config_from_env
+
+    return config_from_env()
+
+
+def save_llm_label(f: catalog.FeatureInfo, decode, cfg) -> labels.HumanLabel:
+    """Ask the configured endpoint for a label and store it with `llm:<model>` as its author."""
+    from synapse_core.features.llmlabel import llm_label
+
+    return labels.set_label(f.sae, f.feature, llm_label(f, decode, cfg), f"llm:{cfg.model}")

@@ -201,3 +201,42 @@ def test_graph_of_features_draws_the_tree_and_supernodes(sae_folder):
     at.radio(key=uf.GRAPH_KIND).set_value("maximum spanning tree").run()
     assert len(drawn()["edges"]) == len(g.tree) <= len(g.edges)
     assert not at.exception and not at.error
+
+
+def test_an_llm_label_when_an_endpoint_is_configured(sae_folder, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    asked = []
+
+    class StandIn(BaseHTTPRequestHandler):  # an OpenAI-compatible chat endpoint on the loopback
+        def do_POST(self):  # noqa: N802 - http.server's name
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            data = json.dumps({"choices": [{"message": {"content": "Numbers in a list"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    at = page()
+    assert "features_llm_label" not in [b.key for b in at.button]  # off by default
+    server = HTTPServer(("127.0.0.1", 0), StandIn)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SYNAPSE_LLM_URL", f"http://127.0.0.1:{server.server_port}/v1")
+        monkeypatch.setenv("SYNAPSE_LLM_MODEL", "stand-in")
+        at.run()
+        f = at.selectbox(key=uf.FEATURE_PICK).value
+        at.button(key="features_llm_label").click().run()
+    finally:
+        server.shutdown()  # the stand-in stops with the test
+        server.server_close()
+        thread.join(timeout=30)
+    assert not at.exception and not at.error
+    stored = human_labels(SAE)[f]
+    assert (stored.text, stored.by) == ("Numbers in a list", "llm:stand-in")
+    assert asked[0]["model"] == "stand-in" and "[[" in asked[0]["messages"][0]["content"]
