@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -149,8 +150,10 @@ def _rowdot(g: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
     """g[b] . w[idx[b, j]] for g (batch, d), w (d_sae, d), idx (batch, n) sorted per row: (batch, n)."""
     batch, n = idx.shape
     crow = torch.arange(0, batch * n + 1, n)
-    mask = torch.sparse_csr_tensor(crow, idx.flatten(), torch.zeros(batch * n, dtype=g.dtype), (batch, w.shape[0]),
-                                   check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is what we need
+        warnings.simplefilter("ignore", UserWarning)
+        mask = torch.sparse_csr_tensor(crow, idx.flatten(), torch.zeros(batch * n, dtype=g.dtype),
+                                       (batch, w.shape[0]), check_invariants=False)
     return torch.sparse.sampled_addmm(mask, g, w.T).values().view(batch, n)
 
 
