@@ -86,6 +86,8 @@ def test_label_is_stored_with_who_and_when(trained):
     (("show", "layers.9.resid.post.sae.1"), "no SAE named 'layers.9.resid.post.sae'"),
     (("train", "--site", "layers.30.resid.post"), "layer 30 does not exist, the model has layers 0-29"),
     (("train", "--site", "layers.3.attn.q"), "unknown site 'layers.3.attn.q'"),
+    (("label", f"{SAE}.1", "--llm"), "no label endpoint is configured: set SYNAPSE_LLM_URL"),
+    (("label", f"{SAE}.1", "a city"), "say who gives the label (--by NAME)"),
 ])
 def test_bad_input_is_named(trained, args, message):
     proc = cli("features", *args, check=False)
