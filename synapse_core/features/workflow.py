@@ -75,7 +75,10 @@ def train_site(handle, site: str, tcfg: TrainConfig, run: RunConfig = RunConfig(
 def evaluate_sae(handle, name: str, run: RunConfig = RunConfig(contexts=200), log: Log | None = None,
                  dirs: list[Path] | None = None) -> Quality:
     """Quality of the SAE called `name` on held-out text, and its feature statistics and automatic
-    labels written beside it (feature_stats.*), so the browser and `features show` can read them."""
+    labels written beside it (feature_stats.*), so the browser and `features show` can read them.
+
+    The SAEs shipped inside the package keep the statistics of their build (a full held-out
+    harvest): evaluating one measures and returns its quality but writes nothing there."""
     info, sae = catalog.load(name, handle.arch.d_model, dirs)
     if sae.cfg.is_transcoder:
         raise BadInput(f"{name} is a transcoder: `features eval` measures SAEs")
@@ -89,5 +92,6 @@ def evaluate_sae(handle, name: str, run: RunConfig = RunConfig(contexts=200), lo
                            final_norm_weight(handle.model))
     meta = {"name": info.name, "site": site, "model": getattr(handle, "name", ""), "quality": q.to_json(),
             "harvest": {**asdict(run), "exclude_bos": True}, "top_contexts_from": "heldout"}
-    stats.save(info.path, arrays, stats.auto_labels(arrays, handle.tokenizer.decode), meta)
+    if not Path(info.path).resolve().is_relative_to(catalog.SHIPPED_DIR.resolve()):
+        stats.save(info.path, arrays, stats.auto_labels(arrays, handle.tokenizer.decode), meta)
     return q
