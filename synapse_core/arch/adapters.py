@@ -8,6 +8,10 @@ What a block writes into the residual stream is the output projection's (the MLP
 families; Gemma 2 and 3 normalise it again first (post_attention_layernorm,
 post_feedforward_layernorm). `attn_write` and `mlp_write` name the module whose output is added to
 the stream, so the attn.out and mlp.out sites are the written values in every family.
+
+What the MLP reads (the normalised residual stream, site mlp.in) is the input of the `mlp` module
+in most families; OPT runs its MLP inline in the block (fc1, activation, fc2), so `mlp_in` names
+fc1 there.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ class Family:
     out_layout: str = "linear"  # linear (weight: d_model x heads*d_head) | conv1d (transposed)
     attn_post_norm: str | None = None  # attribute of a block normalising the attention output before the add
     mlp_post_norm: str | None = None  # ... and the MLP output
+    mlp_in: str | None = None  # attribute of a block whose input is the MLP's (normalised) input; None: `mlp`
 
 
 _LLAMA_LIKE = Family("model.layers", "self_attn", "o_proj", "mlp", ("q_proj", "k_proj", "v_proj"))
@@ -48,7 +53,8 @@ FAMILIES: dict[str, Family] = {
     "phi3": Family("model.layers", "self_attn", "o_proj", "mlp", ("qkv_proj",), "fused_concat"),
     "gpt2": Family("transformer.h", "attn", "c_proj", "mlp", ("c_attn",), "fused_conv1d", "conv1d"),
     "gpt_neox": Family("gpt_neox.layers", "attention", "dense", "mlp", ("query_key_value",), "fused_per_head"),
-    "opt": Family("model.decoder.layers", "self_attn", "out_proj", "fc2", ("q_proj", "k_proj", "v_proj")),
+    "opt": Family("model.decoder.layers", "self_attn", "out_proj", "fc2", ("q_proj", "k_proj", "v_proj"),
+                  mlp_in="fc1"),
 }
 
 
@@ -70,6 +76,7 @@ class Architecture:
     row: Family
     attn_write: tuple[nn.Module, ...] = ()  # per layer: the module whose output the attention adds to the stream
     mlp_write: tuple[nn.Module, ...] = ()  # ... and the MLP (the post-norm where the family has one)
+    mlp_read: tuple[nn.Module, ...] = ()  # per layer: the module whose input is the MLP's normalised input
 
     def check_head(self, layer: int, head: int) -> None:
         from ..common.errors import BadInput
@@ -129,6 +136,7 @@ def discover(model: nn.Module) -> Architecture:
         mlp = tuple(getattr(block, row.mlp) for block in layers)
         attn_write = tuple(getattr(block, row.attn_post_norm) for block in layers) if row.attn_post_norm else out_proj
         mlp_write = tuple(getattr(block, row.mlp_post_norm) for block in layers) if row.mlp_post_norm else mlp
+        mlp_read = tuple(getattr(block, row.mlp_in) for block in layers) if row.mlp_in else mlp
     except AttributeError as exc:
         raise UnsupportedModel(f"{family} model does not have the expected module layout ({exc})") from exc
     n_heads = config.num_attention_heads
@@ -155,4 +163,5 @@ def discover(model: nn.Module) -> Architecture:
         row=row,
         attn_write=attn_write,
         mlp_write=mlp_write,
+        mlp_read=mlp_read,
     )

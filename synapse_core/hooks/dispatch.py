@@ -11,6 +11,8 @@ Sites, per layer L (names as in `layers.L.<site>`):
   attn.pattern  attention probabilities                            # (batch, head, q_pos, k_pos)
   attn.out      what the attention block adds to the residual stream (the projection's output,
                 post-normed in Gemma 2 and 3: arch.attn_write)     # (batch, pos, d_model)
+  mlp.in        what the MLP reads: the residual stream after the norm before the MLP, the input
+                of arch.mlp_read (replacing it changes what the MLP computes)  # (batch, pos, d_model)
   mlp.out       what the MLP adds to the residual stream (arch.mlp_write)  # (batch, pos, d_model)
   resid.post    residual stream after the layer                    # (batch, pos, d_model)
 A site function takes the tensor and returns a replacement or None (keep it). Functions run in
@@ -42,7 +44,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from ..arch.adapters import Architecture
 from ..common.errors import SynapseError
 
-SITES = ("attn.z", "attn.pattern", "attn.out", "mlp.out", "resid.post")
+SITES = ("attn.z", "attn.pattern", "attn.out", "mlp.in", "mlp.out", "resid.post")
 ATTN_IMPLEMENTATION = "synapse"
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -88,6 +90,15 @@ class _Dispatch:
             z = _apply(fns, z)
             return (z.reshape(x.shape), *args[1:])
 
+        def mlp_in_hook(module, args):
+            fns = _fns(mid, layer, "mlp.in")
+            if not fns:
+                return None
+            x = args[0]
+            if x.dim() == 2 and getattr(lead, "shape", None) is not None:  # OPT: (batch * pos, d_model)
+                return (_apply(fns, x.reshape(*lead.shape, x.shape[-1])).reshape(x.shape), *args[1:])
+            return (_apply(fns, x), *args[1:])
+
         def out_hook(site):
             def hook(module, args, output):
                 fns = _fns(mid, layer, site)
@@ -104,6 +115,7 @@ class _Dispatch:
 
         self.handles.append(arch.out_proj[layer].register_forward_pre_hook(z_hook))
         self.handles.append(arch.attn_write[layer].register_forward_hook(out_hook("attn.out")))
+        self.handles.append(arch.mlp_read[layer].register_forward_pre_hook(mlp_in_hook))
         self.handles.append(arch.mlp_write[layer].register_forward_hook(out_hook("mlp.out")))
         self.handles.append(arch.layers[layer].register_forward_hook(out_hook("resid.post")))
 

@@ -76,6 +76,7 @@ def test_captured_shapes_follow_the_documented_layout(handle, tiny):
         assert shapes[(layer, "attn.z")] == (2, 9, arch.n_heads, arch.d_head)
         assert shapes[(layer, "attn.pattern")] == (2, arch.n_heads, 9, 9)
         assert shapes[(layer, "attn.out")] == (2, 9, arch.d_model)
+        assert shapes[(layer, "mlp.in")] == (2, 9, arch.d_model)  # OPT's flat (batch * pos) input too
         assert shapes[(layer, "mlp.out")] == (2, 9, arch.d_model)
         assert shapes[(layer, "resid.post")] == (2, 9, arch.d_model)
 
@@ -299,3 +300,57 @@ def test_attn_out_and_mlp_out_are_what_the_block_writes_into_the_residual_stream
         handle.model(tiny.sample_ids())
     written = seen[(1, "attn.out")] + seen[(1, "mlp.out")]
     torch.testing.assert_close(seen[(1, "resid.post")], seen[(0, "resid.post")] + written, atol=1e-5, rtol=1e-5)
+
+
+# the norm each family applies to the residual stream before its MLP (read from the model, not the adapter)
+_NORM_BEFORE_MLP = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm",
+                    "gpt2": "ln_2", "opt": "final_layer_norm"}
+
+
+def test_mlp_in_is_the_norm_of_the_residual_stream_the_mlp_reads(handle, tiny):
+    """mlp.in(1) = norm(resid.post(0) + attn.out(1)), or norm(resid.post(0)) in GPT-NeoX's parallel
+    block, where the MLP reads the block's input: computed by hand from the block's own norm."""
+    model, arch = handle.model, handle.arch
+    seen = {}
+    fns = {(layer, site): [lambda t, k=(layer, site): seen.__setitem__(k, t.clone())]
+           for layer, site in ((0, "resid.post"), (1, "attn.out"), (1, "mlp.in"))}
+    with torch.no_grad(), hooks(model, arch, fns):
+        model(tiny.sample_ids())
+    block = arch.layers[1]
+    parallel = getattr(model.config, "use_parallel_residual", False)
+    resid = seen[(0, "resid.post")] if parallel else seen[(0, "resid.post")] + seen[(1, "attn.out")]
+    norm = getattr(block, _NORM_BEFORE_MLP.get(handle.arch.family, "post_attention_layernorm"))
+    with torch.no_grad():
+        expected = norm(resid)
+    assert seen[(1, "mlp.in")].shape == resid.shape
+    torch.testing.assert_close(seen[(1, "mlp.in")], expected, atol=1e-5, rtol=1e-5)
+    assert (seen[(1, "mlp.in")] - resid).abs().max() > 1e-2  # the norm really changed it
+
+
+def test_mlp_in_replacement_changes_the_mlp_output(handle, tiny):
+    """A no-op mlp.in function leaves the logits as they were; doubling the MLP's input at the last
+    position changes that position's MLP output and logits, and no earlier position's."""
+    model, arch, ids = handle.model, handle.arch, tiny.sample_ids()
+    last = arch.n_layers - 1
+
+    def double_last(t):  # (batch, pos, d_model)
+        t = t.clone()
+        t[:, -1] *= 2
+        return t
+
+    outs = {}
+
+    def grab(name):
+        return lambda t: outs.__setitem__(name, t.clone())
+
+    with torch.no_grad():
+        plain = model(ids).logits
+        with hooks(model, arch, {(last, "mlp.in"): [lambda t: None], (last, "mlp.out"): [grab("plain")]}):
+            noop = model(ids).logits
+        with hooks(model, arch, {(last, "mlp.in"): [double_last], (last, "mlp.out"): [grab("edited")]}):
+            edited = model(ids).logits
+    torch.testing.assert_close(noop, plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outs["edited"][:, :-1], outs["plain"][:, :-1], atol=1e-6, rtol=0)
+    assert (outs["edited"][:, -1] - outs["plain"][:, -1]).abs().max() > 1e-3
+    torch.testing.assert_close(edited[:, :-1], plain[:, :-1], atol=1e-6, rtol=0)
+    assert (edited[:, -1] - plain[:, -1]).abs().max() > 1e-3
