@@ -4,6 +4,7 @@
     python -m synapse_core features show layers.15.resid.post.sae.1234 --json
     python -m synapse_core features label layers.15.resid.post.sae.1234 "a city" --by alice --json
     python -m synapse_core features train --site layers.8.resid.post --d-sae 4608 --tokens 2000000 --json
+    python -m synapse_core features train --site layers.5.mlp.in --site-out layers.5.mlp.out --json  # transcoder
     python -m synapse_core features eval layers.8.resid.post.sae --json
 
 `list --json` prints `saes` (name, layer, site, path, d_sae, k and the quality figures); `show`
@@ -35,6 +36,9 @@ def _args(p):
     tr = sub.add_parser("train", help="train a Top-K SAE on one site of the model")
     cli.add_model_args(tr)
     tr.add_argument("--site", required=True, help="layers.L.SITE, SITE one of resid.post, attn.out, mlp.out, mlp.in")
+    tr.add_argument("--site-out", default=None,
+                    help="train a transcoder reconstructing this site instead, e.g. layers.5.mlp.out for --site "
+                         "layers.5.mlp.in (the MLP it stands in for)")
     tr.add_argument("--d-sae", type=int, default=4608)
     tr.add_argument("--k", type=int, default=32)
     tr.add_argument("--tokens", type=int, default=2_000_000, help="tokens seen in training")
@@ -114,7 +118,7 @@ def _log(args):
 
 def _train(args):
     from ..features.train import TrainConfig
-    from ..features.workflow import RunConfig, check_site, train_site
+    from ..features.workflow import RunConfig, site_pair, train_site
 
     for flag in ("d_sae", "k", "tokens", "contexts", "batch_size"):
         if getattr(args, flag) < 1:
@@ -122,11 +126,11 @@ def _train(args):
     if args.k > args.d_sae:
         raise BadInput(f"--k {args.k} is larger than --d-sae {args.d_sae}")
     handle = cli.load(args)
-    check_site(handle, args.site)
+    site_pair(handle, args.site, args.site_out)
     tcfg = TrainConfig(d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, batch_size=args.batch_size, seed=args.seed,
                        scale_tokens=min(20_000, args.contexts * (args.ctx_len - 1)))
     run = RunConfig(contexts=args.contexts, ctx_len=args.ctx_len, seed=args.seed)
-    folder, res = train_site(handle, args.site, tcfg, run, args.out, log=_log(args))
+    folder, res = train_site(handle, args.site, tcfg, run, args.out, log=_log(args), site_out=args.site_out)
     payload = {"path": str(folder), "steps": res.steps_done, "seconds": res.seconds,
                "tokens_per_s": res.tokens_per_s, "metrics": res.last_metrics}
     cli.emit(args, payload, f"trained {folder} in {res.seconds:.0f} s ({res.tokens_per_s:.0f} tokens/s)")

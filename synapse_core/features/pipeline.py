@@ -36,8 +36,13 @@ def final_norm_weight(model) -> torch.Tensor | None:
     return None
 
 
-def sae_name(site: str) -> str:
-    return f"{site}.sae"  # layers.15.resid.post.sae
+def sae_name(site: str, site_out: str | None = None) -> str:
+    """layers.15.resid.post.sae; a transcoder: layers.5.mlp.in-mlp.out.sae (the written site's layer
+    left out when it is the same)."""
+    if site_out is None:
+        return f"{site}.sae"
+    prefix = site.rsplit(".", 2)[0] + "."  # "layers.5."
+    return f"{site}-{site_out.removeprefix(prefix)}.sae"
 
 
 def train_config(plan, layer: int) -> TrainConfig:

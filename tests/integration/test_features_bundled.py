@@ -15,14 +15,6 @@ SHIPPED_LAYERS = (5, 15, 25)
 
 
 @pytest.fixture(scope="module")
-def installed():
-    try:
-        return corpus.check_installed()
-    except Exception as exc:  # noqa: BLE001 - the message says how to install it
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def shipped():
     saes = {s.layer: s for s in catalog.list_saes([catalog.SHIPPED_DIR]) if s.site == "resid.post"}
     assert set(SHIPPED_LAYERS) <= set(saes), f"shipped SAEs: {sorted(saes)}"

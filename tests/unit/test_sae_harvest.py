@@ -29,6 +29,24 @@ def test_capture_equals_hidden_states(handle):
     assert got[Site(1, "mlp.out")].shape == (2, 7, D_MODEL)
 
 
+def test_the_mlp_maps_harvested_mlp_in_to_mlp_out(handle, tmp_path):
+    """A transcoder's site pair in every family: the layer's MLP run on the harvested mlp.in gives the
+    harvested mlp.out (to float16 rounding); Gemma 2 and 3 normalise the MLP's output after it."""
+    store = harvest(handle, ["layers.1.mlp.in", "layers.1.mlp.out"], _contexts(4, ctx=7), 4, tmp_path, ctx_len=7)
+    x = torch.from_numpy(np.asarray(store.acts("layers.1.mlp.in"), dtype=np.float32))
+    y = torch.from_numpy(np.asarray(store.acts("layers.1.mlp.out"), dtype=np.float32))
+    arch = handle.arch
+    with torch.no_grad():
+        if arch.mlp_read[1] is arch.mlp[1]:
+            y_hat = arch.mlp[1](x)
+            y_hat = y_hat if arch.mlp_write[1] is arch.mlp[1] else arch.mlp_write[1](y_hat)
+        else:  # OPT: fc1, activation, fc2 inline in the block
+            block = arch.layers[1]
+            y_hat = block.fc2(block.activation_fn(block.fc1(x)))
+    torch.testing.assert_close(y_hat, y, atol=2e-2, rtol=2e-2)
+    assert (y - y.mean((0, 1))).abs().max() > 0.1  # not a constant that any map would match
+
+
 def test_forward_stops_after_the_last_site(llama, monkeypatch):
     calls = []
     last = llama.arch.layers[1]
