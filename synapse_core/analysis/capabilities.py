@@ -16,6 +16,7 @@ from ..common.errors import BadInput
 from ..hooks.dispatch import hooks
 from ..hooks.masking import mask_fns
 from ..model.loading import ModelHandle
+from ..model.placement import spread
 from .perplexity import LOGIT_BUDGET
 
 CAPABILITY_FILE = Path(__file__).parent / "data" / "capabilities.txt"
@@ -110,9 +111,12 @@ def next_token_logits(handle: ModelHandle, prompts, masks=(),
             for r, k in enumerate(batch):
                 ids[r, :len(encoded[k])] = torch.tensor(encoded[k])
             last = sorted({len(encoded[k]) - 1 for k in batch})
-            keep = torch.tensor(last, device=handle.device)
+            # spread over devices (a device map) an index tensor would land on another device than the
+            # hidden states: keep every position there (0) and pick the columns after
+            every = spread(handle.model)
+            keep = 0 if every else torch.tensor(last, device=handle.device)
             logits = handle.model(input_ids=ids.to(handle.device), use_cache=False, logits_to_keep=keep).logits
-            column = {pos: c for c, pos in enumerate(last)}
+            column = {pos: pos if every else c for c, pos in enumerate(last)}
             rows = torch.tensor([column[len(encoded[k]) - 1] for k in batch], device=logits.device)
             out[batch] = logits[torch.arange(len(batch), device=logits.device), rows].float().cpu()
             if progress:

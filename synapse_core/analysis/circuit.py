@@ -54,7 +54,8 @@ def _chunk_table(handle: ModelHandle, sets: list[HeadSet]) -> tuple[int, dict]:
                 keep[ref.layer] = torch.ones(n, 1, arch.n_heads, 1, dtype=handle.dtype, device=handle.device)
             keep[ref.layer][r + 1, 0, ref.head] = 0
     for layer, m in keep.items():
-        table[(layer, "attn.z")].append(lambda z, m=m: z * m)  # z (batch, pos, head, d_head), m (batch, 1, head, 1)
+        # z (batch, pos, head, d_head), m (batch, 1, head, 1); m moves to the layer's device (a device map)
+        table[(layer, "attn.z")].append(lambda z, m=m: z * m.to(z.device))
     return start, dict(table)
 
 

@@ -15,7 +15,8 @@ from ..common.errors import BadInput
 
 def _weights(arch: Architecture, layer: int, heads: list[int] | None) -> dict[str, torch.Tensor]:
     weights = arch.head_weights(layer)
-    return {k: (v if heads is None else v[heads]).detach().to(torch.float64) for k, v in weights.items()}
+    # on the CPU: two layers' weights may live on different devices (a device map)
+    return {k: (v if heads is None else v[heads]).detach().to("cpu", torch.float64) for k, v in weights.items()}
 
 
 def _frob2(u_gram: torch.Tensor, m: torch.Tensor, v_gram: torch.Tensor) -> torch.Tensor:

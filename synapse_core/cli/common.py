@@ -18,6 +18,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="bundled (default), a folder, a .gguf file or a hub id")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
     parser.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
+    parser.add_argument("--device-map", default=None,
+                        help="spread the layers over devices: auto, balanced or a JSON map of module -> device "
+                             "(default SYNAPSE_DEVICE_MAP; none: the whole model on --device)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -47,7 +50,7 @@ def load(args):
     check_text(args)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
 
 
 def run_masks(args, handle) -> list:

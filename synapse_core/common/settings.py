@@ -4,6 +4,7 @@ SYNAPSE_HOME     data directory (default ~/.synapse): model caches, results, mas
 SYNAPSE_MODEL    model spec used when none is given (default "bundled").
 SYNAPSE_MODEL_CACHE  where converted model weights are kept (default $SYNAPSE_HOME/models).
 SYNAPSE_DEVICE   "auto" (cuda, then mps, then cpu), or a torch device string.
+SYNAPSE_DEVICE_MAP  spread the layers over devices: auto, balanced, or a JSON map of module -> device.
 SYNAPSE_DTYPE    "auto" (bfloat16 on cuda, float32 elsewhere), "float32", "bfloat16", "float16".
 """
 from __future__ import annotations
@@ -31,6 +32,10 @@ def default_model_spec() -> str:
 
 def default_device() -> str:
     return os.environ.get("SYNAPSE_DEVICE", "auto")
+
+
+def default_device_map() -> str | None:
+    return os.environ.get("SYNAPSE_DEVICE_MAP") or None
 
 
 def default_dtype() -> str:

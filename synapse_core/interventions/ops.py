@@ -23,6 +23,7 @@ from ..common.errors import BadInput
 from ..hooks.dispatch import SiteFn, hooks
 from ..hooks.masking import mask_fns, merge_fns
 from ..model.loading import ModelHandle
+from ..model.placement import spread
 from ..model.tokens import encode_prompt
 from .featureops import feature_site_fn
 from .reference import default_reference_prompts
@@ -173,7 +174,9 @@ def forward_last(handle: ModelHandle, ids: torch.Tensor, fns) -> torch.Tensor:
     # The last position as an index, not a count: indexing copies it into a contiguous tensor, so the
     # output head is one matmul; the strided slice a count makes runs as a bmm over copies of the
     # (d_vocab, d_model) weight, 7x slower at batch 54 on CPU.
-    last = torch.tensor([ids.shape[1] - 1], device=ids.device)
+    # Spread over devices, the index would be moved to the first device and the hidden states sit on
+    # the last one: keep the count there.
+    last = 1 if spread(handle.model) else torch.tensor([ids.shape[1] - 1], device=ids.device)
     with torch.inference_mode(), hooks(handle.model, handle.arch, fns):
         out = handle.model(input_ids=ids, use_cache=False, logits_to_keep=last)
     return out.logits[:, -1].float()

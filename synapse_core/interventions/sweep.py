@@ -154,7 +154,8 @@ def _chunk_table(handle: ModelHandle, prepared: Prepared, rows: list[int], n_pos
         else:
             generic[hook_key(iv)].append((offset + r, prepared.fns[i]))
     for layer, m in head_masks.items():
-        table[(layer, "attn.z")].append(lambda z, m=m: z * m)  # z (batch, pos, head, d_head), m (batch, pos, head, 1)
+        # z (batch, pos, head, d_head), m (batch, pos, head, 1); m moves to the layer's device (a device map)
+        table[(layer, "attn.z")].append(lambda z, m=m: z * m.to(z.device))
     for key, items in generic.items():
         table[key].append(_per_row(items))
     return n_input, offset, dict(table)

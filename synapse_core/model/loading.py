@@ -22,6 +22,7 @@ from ..common import settings
 from ..common.errors import ModelLoadError
 from ..hooks.dispatch import install_dispatch
 from .gguf import bundled_gguf_path, converted_cache, file_fingerprint
+from .placement import parse_device_map, place
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
@@ -36,10 +37,11 @@ class ModelHandle:
     tokenizer: object
     arch: Architecture
     fingerprint: str  # sha256 of the weights (file contents), first 16 hex digits
-    device: torch.device
+    device: torch.device  # where input ids go (with a device map: the embedding's device)
     dtype: torch.dtype
     source: str  # "gguf (converted)", "safetensors cache", "local folder", "hub", "in memory"
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    device_map: dict | None = None  # module name -> device when loaded with a device map (placement.py)
 
     @property
     def family(self) -> str:
@@ -140,8 +142,12 @@ def _weight_files(folder: Path) -> list[Path]:
     return files + [folder / name for name in extra if (folder / name).exists()]
 
 
-def load_model(spec: str | None = None, device: str | None = None, dtype: str | None = None) -> ModelHandle:
+def load_model(spec: str | None = None, device: str | None = None, dtype: str | None = None,
+               device_map=None) -> ModelHandle:
     """Load a model by spec and prepare it for tracing and intervention.
+
+    device_map ("auto", "balanced", a dict or its JSON; default SYNAPSE_DEVICE_MAP) spreads the
+    layers over several devices with accelerate (placement.py) instead of moving it to `device`.
 
     >>> handle = load_model("bundled")
     >>> handle.arch.n_layers, handle.arch.n_heads
@@ -149,6 +155,7 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: str | 
     """
     spec = (spec or settings.default_model_spec()).strip()
     dev = resolve_device(device or settings.default_device())
+    device_map = parse_device_map(device_map if device_map is not None else settings.default_device_map())
     dt = resolve_dtype(dtype or settings.default_dtype(), dev)
     path = Path(spec).expanduser()
     if spec == "bundled":
@@ -173,7 +180,8 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: str | 
     else:
         model, tokenizer, fingerprint = _load_hub(spec, dt)
         name, source = spec, "hub"
-    return prepare(model, tokenizer, name=name, spec=spec, fingerprint=fingerprint, source=source, device=dev)
+    return prepare(model, tokenizer, name=name, spec=spec, fingerprint=fingerprint, source=source, device=dev,
+                   device_map=device_map)
 
 
 def looks_like_path(spec: str) -> bool:
@@ -202,11 +210,18 @@ def _load_hub(spec: str, dtype: torch.dtype):
 
 
 def prepare(model, tokenizer, *, name: str, spec: str = "in memory", fingerprint: str | None = None,
-            source: str = "in memory", device: torch.device | str = "cpu") -> ModelHandle:
-    """Wrap an already-built model (also used by tests for tiny random-init models)."""
+            source: str = "in memory", device: torch.device | str = "cpu", device_map=None) -> ModelHandle:
+    """Wrap an already-built model (also used by tests for tiny random-init models); with a
+    device_map its layers are dispatched over those devices instead of moved to `device`."""
     arch = discover(model)  # raises UnsupportedModel before anything is changed
-    device = torch.device(device)
-    model = model.to(device).eval()
+    device_map = parse_device_map(device_map)
+    fingerprint = fingerprint or state_fingerprint(model)  # before dispatch: every weight still in one place
+    if device_map is None:
+        device = torch.device(device)
+        model = model.to(device).eval()
+    else:
+        model, device = place(model, device_map)
+        model.eval()
     model.requires_grad_(False)
     install_dispatch(model, arch)
     eos = set()
@@ -224,9 +239,10 @@ def prepare(model, tokenizer, *, name: str, spec: str = "in memory", fingerprint
         model=model,
         tokenizer=tokenizer,
         arch=arch,
-        fingerprint=fingerprint or state_fingerprint(model),
+        fingerprint=fingerprint,
         device=device,
         dtype=next(model.parameters()).dtype,
         source=source,
         eos_ids=frozenset(eos),
+        device_map=dict(model.hf_device_map) if device_map is not None else None,
     )
