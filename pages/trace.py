@@ -6,6 +6,7 @@ from synapse_core import Sampling
 from synapse_core.common.errors import SynapseError
 from ui import core
 from ui import features as ui_features
+from ui import lens as ui_lens
 from ui import trace as ui_trace
 
 st.title("Trace")
@@ -52,25 +53,9 @@ core.show_run_source(run.key, run.from_cache, "trace")
 for message in (*result.warnings, *run.notes):
     st.warning(message)
 
-backend, fidelity, depth, masked = st.columns(4)
-backend.metric("Backend", f"{handle.device.type} · {core.short_dtype(handle)}", border=True,
-              help=f"Hugging Face transformers on {handle.device} with {core.short_dtype(handle)} weights")
-fid = result.fidelity
-fidelity.metric("Trace fidelity", f"{fid.argmax_agreement:.0%}",
-                delta=f"max logit diff {fid.max_logit_diff:.1e}", delta_color="off", delta_arrow="off", border=True,
-                help="The heads are read in one forward pass over the prompt and the generated tokens (masks on). "
-                     "Its logits are compared with the logits generation chose from, whatever the sampling: share "
-                     f"of steps with the same argmax, and the largest logit difference ({fid.max_logit_diff:.3g}).")
-path = result.thought_path
-depth.metric("Lineage depth", f"{path.depth} of {len(path.heads)}", border=True,
-             help=f"Heads on the thought path that carry more than {path.share_threshold:.0%} of their layer's "
-                  f"activity (twice an even share among {handle.arch.n_heads} heads). It changes with the input.")
-masked.metric("Masked heads", len(result.masked_heads), border=True,
-              delta=("every one reads 0" if fid.masks_verified else f"not 0: {', '.join(fid.unverified_masks)}")
-              if result.masked_heads else None, delta_color="off" if fid.masks_verified else "inverse",
-              delta_arrow="off",
-              help=(", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none") +
-                   ". Checked in the fidelity pass: a masked head's input to the output projection must be 0.")
+for col, card in zip(st.columns(4), ui_trace.summary_cards(handle, result)):
+    col.metric(**card, border=True)
+fid, path = result.fidelity, result.thought_path
 if not fid.masks_verified:
     st.error(f"Masks that did not take effect: {', '.join(fid.unverified_masks)} (their output was not 0).")
 
@@ -141,6 +126,9 @@ else:
                    f"{influence.passes} batched passes; masks of the run in force.")
     except SynapseError as exc:
         core.show_error(exc)
+
+st.subheader("Logit lens")
+ui_lens.trace_section(handle, result)
 
 st.subheader("Features")
 ui_features.trace_section(handle, result.prompt_ids + result.generated_ids)

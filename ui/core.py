@@ -152,7 +152,7 @@ def open_shared_link(opened_key: str, run_key: str, reopen) -> None:
         show_error(exc)
 
 
-def _model_key(handle) -> str:
+def model_key(handle) -> str:
     return f"{handle.fingerprint}|{handle.dtype}|{handle.device}"
 
 
@@ -165,7 +165,7 @@ def head_attention(handle, result: TraceResult, output_index: int, layer: int, h
     """(q_pos, k_pos) attention of one head over the context of generated token `output_index`."""
     ids = tuple(result.prompt_ids) + tuple(result.generated_ids[:output_index])
     masks = tuple((m.layer, m.head, m.level) for m in result.masked_heads)
-    return _attention(handle, _model_key(handle), ids, layer, head, masks)
+    return _attention(handle, model_key(handle), ids, layer, head, masks)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -175,7 +175,7 @@ def _influence(_handle, model_key: str, prompt_ids: tuple, generated_ids: tuple,
 
 def influence(handle, result: TraceResult, output_index: int) -> InfluenceResult:
     masks = tuple((m.layer, m.head, m.level) for m in result.masked_heads)
-    return _influence(handle, _model_key(handle), result.prompt_ids, result.generated_ids, output_index, masks)
+    return _influence(handle, model_key(handle), result.prompt_ids, result.generated_ids, output_index, masks)
 
 
 def show_error(exc: SynapseError) -> None:

@@ -11,6 +11,7 @@ from streamlit_agraph import Config, Edge, Node
 
 from synapse_core.analysis.influence import InfluenceResult
 from synapse_core.analysis.trace import TraceResult
+from ui import core
 from ui.names import short_name
 
 
@@ -29,6 +30,30 @@ def labels(tokens) -> list[str]:
 
 SAMPLED_P = "p (sampled from)"  # column: p(token) under the distribution generation drew it from
 MODEL_P = "p (model)"  # column: p(token) under the model at temperature 1 over the whole vocabulary
+
+
+def summary_cards(handle, result: TraceResult) -> list[dict]:
+    """The four cards over a trace (st.metric keyword arguments): backend, fidelity, lineage depth, masks."""
+    dtype = core.short_dtype(handle)
+    fid, path = result.fidelity, result.thought_path
+    masked = ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none"
+    return [
+        {"label": "Backend", "value": f"{handle.device.type} · {dtype}",
+         "help": f"Hugging Face transformers on {handle.device} with {dtype} weights"},
+        {"label": "Trace fidelity", "value": f"{fid.argmax_agreement:.0%}",
+         "delta": f"max logit diff {fid.max_logit_diff:.1e}", "delta_color": "off", "delta_arrow": "off",
+         "help": "The heads are read in one forward pass over the prompt and the generated tokens (masks on). Its "
+                 "logits are compared with the logits generation chose from, whatever the sampling: share of steps "
+                 f"with the same argmax, and the largest logit difference ({fid.max_logit_diff:.3g})."},
+        {"label": "Lineage depth", "value": f"{path.depth} of {len(path.heads)}",
+         "help": f"Heads on the thought path that carry more than {path.share_threshold:.0%} of their layer's "
+                 f"activity (twice an even share among {handle.arch.n_heads} heads). It changes with the input."},
+        {"label": "Masked heads", "value": len(result.masked_heads),
+         "delta": ("every one reads 0" if fid.masks_verified else f"not 0: {', '.join(fid.unverified_masks)}")
+         if result.masked_heads else None, "delta_color": "off" if fid.masks_verified else "inverse",
+         "delta_arrow": "off",
+         "help": f"{masked}. Checked in the fidelity pass: a masked head's input to the output projection must be 0."},
+    ]
 
 
 def token_table(result: TraceResult) -> pd.DataFrame:

@@ -7,6 +7,7 @@ probabilities, and the probability and rank (0 = most likely) of one chosen toke
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,18 @@ class LensResult:
                 "warnings": list(self.warnings)}
 
 
+def _prompt_ids(handle: ModelHandle, prompt) -> tuple[torch.Tensor, list[str]]:
+    """(1, pos) ids of a text (cut to the context, with warnings), or of given ids (checked)."""
+    if isinstance(prompt, str):
+        return encode_prompt(handle, prompt)
+    ids = [int(i) for i in prompt]
+    if not ids:
+        raise BadInput("the prompt is empty: no token ids given")
+    if len(ids) > handle.max_context:
+        raise BadInput(f"{len(ids)} token ids do not fit in the model's context of {handle.max_context} tokens")
+    return torch.tensor([ids], device=handle.device), []
+
+
 def _final_norm(handle: ModelHandle):
     obj = handle.model
     for part in FINAL_NORMS.get(handle.arch.family, "model.norm").split("."):
@@ -63,8 +76,12 @@ def _final_norm(handle: ModelHandle):
     return obj
 
 
-def logit_lens(handle: ModelHandle, prompt: str, token: str | None = None, masks=(), top_k: int = 5) -> LensResult:
+def logit_lens(handle: ModelHandle, prompt: str | Sequence[int], token: str | None = None, masks=(), top_k: int = 5,
+               token_id: int | None = None) -> LensResult:
     """The logit lens of a prompt, for `token` (default: the model's own next-token prediction).
+
+    `prompt` is a text, or the token ids (pos,) of one, as a trace recorded them (so the lens reads
+    exactly the positions the trace ran on); `token_id` names the token by id instead of by text.
 
     >>> r = logit_lens(handle, "The Eiffel Tower is in the city of", " Paris")
     >>> r.first_top_row()
@@ -72,7 +89,7 @@ def logit_lens(handle: ModelHandle, prompt: str, token: str | None = None, masks
     if top_k < 1:
         raise BadInput(f"top-k {top_k} must be at least 1")
     masks = normalize_masks(masks, handle.arch)
-    ids, warnings = encode_prompt(handle, prompt)
+    ids, warnings = _prompt_ids(handle, prompt)
     arch = handle.arch
     found: dict = {}
 
@@ -95,7 +112,10 @@ def logit_lens(handle: ModelHandle, prompt: str, token: str | None = None, masks
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             rows.append(torch.log_softmax(logits, dim=-1))
-        if token is None:
+        if token_id is not None:
+            if not 0 <= token_id < rows[0].shape[-1]:
+                raise BadInput(f"token id {token_id} does not exist: the vocabulary has ids 0-{rows[0].shape[-1] - 1}")
+        elif token is None:
             token_id = int(rows[-1][-1].argmax())
         else:
             token_id, tw = single_token_id(handle, token)
@@ -106,7 +126,8 @@ def logit_lens(handle: ModelHandle, prompt: str, token: str | None = None, masks
         tops = [torch.topk(r, k, dim=-1) for r in rows]
     top_probs = np.stack([t.values.exp().cpu().numpy() for t in tops])
     top_tokens = tuple(tuple(tuple(token_strings(handle, pos_ids)) for pos_ids in t.indices.tolist()) for t in tops)
-    return LensResult(model=handle.name, prompt=prompt, prompt_tokens=tuple(token_strings(handle, ids[0])),
+    text = prompt if isinstance(prompt, str) else handle.tokenizer.decode(ids[0])
+    return LensResult(model=handle.name, prompt=text, prompt_tokens=tuple(token_strings(handle, ids[0])),
                       token=token_strings(handle, [token_id])[0], token_id=token_id,
                       rows=("embed", *(str(layer) for layer in range(arch.n_layers))), probs=probs,
                       ranks=ranks.astype(np.int64), top_tokens=top_tokens, top_probs=top_probs,

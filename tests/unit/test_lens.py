@@ -40,3 +40,25 @@ def test_bad_input(llama):
         logit_lens(llama, " ", "ran")
     with pytest.raises(BadInput, match="top-k 0"):
         logit_lens(llama, PROMPT, "ran", top_k=0)
+
+
+def test_last_row_is_the_models_next_token_distribution_at_every_position(handle):
+    r = logit_lens(handle, PROMPT, "ran", top_k=2)
+    ids = handle.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        probs = torch.softmax(handle.model(input_ids=ids, use_cache=False).logits[0].float(), -1)  # (pos, d_vocab)
+    assert np.abs(r.probs[-1] - probs[:, r.token_id].numpy()).max() < 1e-5
+    assert (r.ranks[-1] == (probs > probs[:, r.token_id:r.token_id + 1]).sum(-1).numpy()).all()
+    assert np.abs(r.top_probs[-1, :, 0] - probs.max(-1).values.numpy()).max() < 1e-5
+
+
+def test_token_ids_and_a_token_id_read_the_same_as_text(llama):
+    by_text = logit_lens(llama, PROMPT, "ran")
+    ids = llama.tokenizer(PROMPT).input_ids
+    by_ids = logit_lens(llama, ids, token_id=by_text.token_id)
+    assert by_ids.prompt_tokens == by_text.prompt_tokens and by_ids.token == by_text.token
+    assert np.array_equal(by_ids.probs, by_text.probs) and np.array_equal(by_ids.ranks, by_text.ranks)
+    with pytest.raises(BadInput, match="token id -1 does not exist"):
+        logit_lens(llama, ids, token_id=-1)
+    with pytest.raises(BadInput, match="no token ids"):
+        logit_lens(llama, [])
