@@ -3,7 +3,7 @@ import streamlit as st
 from streamlit_agraph import agraph
 
 from synapse_core.common.errors import SynapseError
-from ui import core
+from ui import core, feature_link
 from ui import features as uf
 
 st.title("Features")
@@ -15,6 +15,7 @@ saes = {s.name: s for s in uf.saes() if s.d_in == handle.arch.d_model}
 if not saes:
     st.info("No SAE for this model: run `make features`, or `synapse features train --site layers.L.resid.post`.")
     st.stop()
+feature_link.open_link(saes)  # ?feature=layers.15.resid.post.sae.1234 opens that feature
 name = st.selectbox("SAE", list(saes), key=uf.SAE_PICK,
                     format_func=lambda n: f"{n} · d_sae {saes[n].d_sae} · k {saes[n].k}")
 info = saes[name]
@@ -30,7 +31,7 @@ query = q_col.text_input("Search", key=uf.QUERY, placeholder="a word in a label,
 by = by_col.radio("Search by", ["label", "token"], key=uf.SEARCH_BY, horizontal=True)
 sort = sort_col.radio("Sort by", ["density", "activation"], key=uf.SORT, horizontal=True)
 try:
-    table = uf.feature_table(info, query, by, sort, handle.tokenizer.decode)
+    table = feature_link.with_linked(uf.feature_table(info, query, by, sort, handle.tokenizer.decode), info)
 except SynapseError as exc:
     core.show_error(exc)
     st.stop()

@@ -74,6 +74,8 @@ if picked:
     n = shown.node(picked)
     st.markdown(f"**{n.label}** ({n.kind}) · value **{n.value:+.4f}** (total effect on {g.output_label} in the "
                 f"frozen model) · influence {n.influence:.3f}")
+    if note := ug.feature_note(current, n):
+        st.markdown(note)
     incoming, outgoing = ug.edge_lists(shown, picked)
     in_col, out_col = st.columns(2)
     in_col.dataframe(incoming, key="graph_node_in", hide_index=True)

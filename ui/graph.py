@@ -6,7 +6,7 @@ other thresholds works on the graph's own candidate pool in well under a second.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import streamlit as st
@@ -20,6 +20,7 @@ from synapse_core.graphs import supernodes as sn
 from synapse_core.graphs.graph import AttributionGraph
 from ui import core
 from ui import discover as ui_discover
+from ui.feature_link import feature_url, graph_feature_name
 
 GRAPH_RUN = "graph_run"  # the GraphRun the page shows
 OPENED_LINK = "graph_opened_link"  # the ?experiment= hash already opened
@@ -40,12 +41,14 @@ class GraphRun:
     from_cache: bool
     notes: tuple[str, ...]
     lens: LensResult | None = None
+    transcoders: tuple[str, ...] = ()  # the transcoders (catalog names or folders) whose features are nodes
 
 
 def run(handle, config) -> GraphRun:
     exp = run_graph(handle, config, core.experiment_store())
     lens = logit_lens(handle, config.prompt, config.target, config.masks)
-    return GraphRun(exp.result, exp.hash, exp.from_cache, tuple(exp.notes), lens)
+    return GraphRun(exp.result, exp.hash, exp.from_cache, tuple(exp.notes), lens,
+                    tuple(name for name, _ in config.transcoders))
 
 
 def reopen(key: str) -> GraphRun:
@@ -53,7 +56,7 @@ def reopen(key: str) -> GraphRun:
     exp = load_graph(core.experiment_store(), key)
     if exp is None:
         raise BadInput(f"no experiment {key} is stored here: it was deleted, or made on another machine")
-    return GraphRun(exp.result, exp.hash, True, ())
+    return GraphRun(exp.result, exp.hash, True, (), transcoders=tuple(name for name, _ in exp.config.transcoders))
 
 
 def _save(graph: AttributionGraph) -> None:
@@ -63,7 +66,7 @@ def _save(graph: AttributionGraph) -> None:
     if exp is None:
         raise BadInput(f"experiment {current.key} is no longer stored: build the graph again")
     save_graph(core.experiment_store(), exp, graph)
-    st.session_state[GRAPH_RUN] = GraphRun(graph, current.key, current.from_cache, current.notes, current.lens)
+    st.session_state[GRAPH_RUN] = replace(current, graph=graph)
 
 
 def edit_supernodes(action: str) -> None:
@@ -105,6 +108,20 @@ def quarantine(handle) -> None:
     else:
         st.session_state[REPORT] = core.report_message(report)
     core.refresh_status()
+
+
+def feature_note(current: GraphRun, node) -> str | None:
+    """Markdown under a feature node's details: a link to its Features page, or why there is none."""
+    if node.kind != "feature":
+        return None
+    try:
+        name = graph_feature_name([i for i in list_saes() if i.name in current.transcoders], node.layer, node.feature)
+    except SynapseError as exc:  # a damaged SAE folder: say so where the link would be
+        return f"No feature page: {exc}"
+    if name is None:
+        return (f"No feature page: layer {node.layer}'s transcoder is a folder outside the SAE catalog, which the "
+                "Features page does not list.")
+    return f"Feature page: [{name}]({feature_url(name)})"
 
 
 def transcoder_choices() -> list[str]:
