@@ -3,7 +3,8 @@
 1. traced generation vs HF generate on the same tokens (goal: at most 1.10x with the fidelity check
    on): runs alternate (HF generate, traced, untraced) and each repetition gives its own ratios, so a
    busy machine slows all three alike; medians are printed. "Text shown" is when the page can show the
-   generated text (trace's on_generated), "with fidelity" when the heads are read and checked;
+   generated text (trace's on_generated), "with fidelity" when activity and attention
+   (read during generation) are assembled and the fidelity pass has checked them;
 2. token influence (integrated gradients) vs one forward + backward pass (what gradient x input cost);
 3. cold vs warm model load (goal: warm under 4 s), each in a fresh process;
 4. peak memory of tracing a 1,024-token prompt (goal: at most 2 GiB peak RSS for the process).
@@ -155,7 +156,7 @@ def main() -> None:
     gen = bench_generation(args.tokens, args.reps)
     print(f"generation of {gen['tokens']} tokens, {args.reps} alternating runs (medians):")
     print(f"  HF generate {gen['hf_generate_s']:.3f} s, untraced {gen['untraced_s']:.3f} s, traced {gen['traced_s']:.3f} s "
-          f"(text shown at {gen['text_shown_s']:.3f} s; reading the heads + fidelity {gen['read_and_check_s']:.3f} s)")
+          f"(text shown at {gen['text_shown_s']:.3f} s; activity, attention and the fidelity pass after it {gen['read_and_check_s']:.3f} s)")
     print(f"  traced with fidelity / HF generate = {gen['traced_over_hf_generate']:.3f}x (goal <= 1.10x); "
           f"text shown / HF generate = {gen['text_shown_over_hf_generate']:.3f}x; "
           f"untraced / HF generate = {gen['untraced_over_hf_generate']:.3f}x; "

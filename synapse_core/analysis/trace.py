@@ -7,15 +7,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ..arch.spec import HeadMask, normalize_masks
-from ..hooks.dispatch import hooks
 from ..hooks.masking import mask_fns, merge_fns
-from ..model.generation import Decoded, Progress, Sampling, decode
+from ..model.generation import Progress, Sampling, decode
 from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt, token_strings
 from .composition import composition_scores
+from .tracecapture import Fidelity, StepCapture, check_fidelity
+
+__all__ = ["Fidelity", "Generation", "HeadScore", "PathEdge", "PathHead", "ThoughtPath", "TraceResult", "generate",
+           "thought_path", "top_heads", "trace"]
 
 ACTIVITY_METHOD = (
     "|| W_O^h z_h ||: the L2 norm of what the head writes into the residual stream (its output z_h through its "
@@ -71,21 +73,6 @@ class ThoughtPath:
         """Lineage depth: how many heads on the path carry more than share_threshold of their layer's
         activity (DOMINANT_FACTOR even shares). Between 0 and n_layers; it changes with the input."""
         return sum(h.share > self.share_threshold for h in self.heads)
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """Whether the trace's numbers come from the computation that chose the tokens.
-
-    Activity and attention are read in one forward pass over the prompt and the generated tokens
-    (masks on, capture hooks on, no KV cache). Its logits at each predicting position are compared with
-    the logits the KV-cached generation chose from, whatever the sampling; separately, every masked
-    head's input to the output projection is read in that pass and must be exactly zero."""
-
-    argmax_agreement: float  # fraction of steps where the pass's argmax equals the argmax generation saw
-    max_logit_diff: float  # largest absolute logit difference over all steps and the vocabulary
-    masks_verified: bool  # every masked head read exactly 0 at every position (True when none is masked)
-    unverified_masks: tuple[str, ...] = ()  # "L.H" of masked heads that did not read 0
 
 
 @dataclass(frozen=True)
@@ -182,18 +169,21 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
           sampling: Sampling = Sampling(), capture_attention: bool = True, top_k: int = 10,
           progress: Progress | None = None,
           on_generated: Callable[[Generation], None] | None = None) -> TraceResult:
-    """Generate from the prompt, then read every head's activity and attention at the positions that
-    predicted the generated tokens.
+    """Generate from the prompt, reading every head's activity and attention at the positions that
+    predicted the generated tokens, in the very passes that chose them.
 
-    Generation runs at full speed (masks on, no capture); `on_generated` sees its tokens at once.
-    Then one forward pass over the prompt and the generated tokens reads the heads (capture hooks on,
-    masks first, so a masked head reads 0) and checks fidelity (see Fidelity): its logits must be the
-    ones generation chose from, and every masked head must read exactly 0.
+    The readers only copy (masks run first, so a masked head reads 0) and the attention readers ask for
+    the predicting row alone, so generation keeps its fused attention; `on_generated` sees the tokens as
+    soon as they are chosen. Then fidelity is checked (see Fidelity): one forward pass over the
+    predicting positions must give the logits generation chose from, and every masked head must have
+    read exactly 0.
     """
     arch = handle.arch
     masks = normalize_masks(masks, arch)
     input_ids, warnings = encode_prompt(handle, prompt, reserve=max_new_tokens)
-    decoded = decode(handle, input_ids, max_new_tokens, mask_fns(masks), sampling, progress)
+    capture = StepCapture(arch.n_layers, masks, capture_attention)
+    decoded = decode(handle, input_ids, max_new_tokens, merge_fns(mask_fns(masks), capture.fns()), sampling,
+                     progress)  # masks first
     n_steps = len(decoded.ids)
     generation = Generation(
         generated_ids=tuple(decoded.ids), generated_tokens=tuple(token_strings(handle, decoded.ids)),
@@ -202,8 +192,10 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
     if on_generated:
         on_generated(generation)
     if progress:
-        progress(n_steps, n_steps, "reading every head and checking fidelity")
-    step_activity, attention, fidelity = _read_heads(handle, input_ids[0], decoded, masks, capture_attention)
+        progress(n_steps, n_steps, "checking fidelity")
+    step_activity = capture.activity(arch)
+    attention = capture.attention(input_ids.shape[1] + n_steps - 1) if capture_attention else None
+    fidelity = check_fidelity(handle, input_ids[0], decoded, masks, capture.unverified(masks))
     head_activity = step_activity.mean(axis=0)
     return TraceResult(
         model=handle.name,
@@ -227,79 +219,6 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
         stopped_on_eos=decoded.stopped_on_eos,
         warnings=tuple(warnings),
     )
-
-
-def _read_heads(handle: ModelHandle, prompt_ids: torch.Tensor, decoded: Decoded, masks: tuple[HeadMask, ...],
-                capture_attention: bool) -> tuple[np.ndarray, np.ndarray | None, Fidelity]:
-    """One forward pass over the predicting positions: the last prompt token and the generated tokens
-    but the last. The keys and values of the prompt before it are the generation's own (its KV cache,
-    cut back), so a long prompt is not run twice; where the cache cannot be cut back (sliding-window
-    layers) the whole sequence runs. Returns step activity (step, layer, head), attention
-    (step, layer, head, k_pos) or None, and the fidelity of the pass against the generation's logits."""
-    arch = handle.arch
-    n_steps = len(decoded.ids)
-    first = prompt_ids.shape[0] - 1  # the position that predicts generated token 0
-    full = torch.cat([prompt_ids, torch.tensor(decoded.ids[:-1], dtype=prompt_ids.dtype, device=prompt_ids.device)])
-    past = _prefix(decoded.cache, first)
-    start = first if past is not None else 0  # sequence position of the pass's first row
-    masked_by_layer: dict[int, list[int]] = {}
-    for m in masks:
-        masked_by_layer.setdefault(m.layer, []).append(m.head)
-    z_rows: list = [None] * arch.n_layers  # per layer: (step, head, d_head)
-    rows: list = [None] * arch.n_layers  # per layer: (head, step, k_pos)
-    masked_peak: dict[int, torch.Tensor] = {}  # layer -> (masked head,) largest |z| over every position run
-
-    def read_z(layer):
-        heads = masked_by_layer.get(layer)
-
-        def fn(z):  # (batch, pos, head, d_head): what enters the output projection, masks applied
-            z_rows[layer] = z[0, first - start:].detach().float().clone()
-            if heads:
-                masked_peak[layer] = z[0][:, heads].detach().abs().amax(dim=(0, 2)).cpu()
-        return fn
-
-    def read_pattern(layer):
-        def fn(probs):  # (batch, head, q_pos, k_pos)
-            rows[layer] = probs[0, :, first - start:].detach().float().cpu()
-        return fn
-
-    capture = {(layer, "attn.z"): [read_z(layer)] for layer in range(arch.n_layers)}
-    if capture_attention:
-        capture.update({(layer, "attn.pattern"): [read_pattern(layer)] for layer in range(arch.n_layers)})
-    with torch.inference_mode(), hooks(handle.model, arch, merge_fns(mask_fns(masks), capture)):  # masks first
-        logits = handle.model(input_ids=full[None, start:], past_key_values=past, use_cache=past is not None,
-                              logits_to_keep=n_steps).logits[0].float().cpu()
-        activity = torch.stack([_written_norms(arch, layer, z_rows[layer]) for layer in range(arch.n_layers)], dim=1)
-    attention = None
-    if capture_attention:
-        attention = torch.stack(rows).permute(2, 0, 1, 3).contiguous().numpy()  # (step, layer, head, k_pos)
-    unverified = tuple(f"{m.layer}.{m.head}" for m in masks
-                       if m.layer not in masked_peak
-                       or float(masked_peak[m.layer][masked_by_layer[m.layer].index(m.head)]) != 0.0)
-    chosen = decoded.step_logits.float()
-    fidelity = Fidelity(
-        argmax_agreement=float((logits.argmax(-1) == chosen.argmax(-1)).float().mean()),
-        max_logit_diff=float((logits - chosen).abs().max()),
-        masks_verified=not unverified,
-        unverified_masks=unverified,
-    )
-    return activity.cpu().numpy(), attention, fidelity
-
-
-def _prefix(cache, keep: int):
-    """The generation's KV cache cut back to its first `keep` positions, or None where it cannot be
-    (no cache, nothing to keep, or sliding-window layers that dropped old positions)."""
-    layers = getattr(cache, "layers", None)
-    if not keep or not layers or any(getattr(layer, "is_sliding", False) for layer in layers):
-        return None
-    cache.crop(keep - cache.get_seq_length())  # a negative count: remove that many positions from the end
-    return cache if cache.get_seq_length() == keep else None
-
-
-def _written_norms(arch, layer: int, z: torch.Tensor) -> torch.Tensor:
-    """|| W_O^h z_h || for every head: z (step, head, d_head) -> (step, head)."""
-    w_o = arch.head_weights(layer)["W_O"].detach().float()  # (head, d_model, d_head)
-    return torch.einsum("hmd,shd->shm", w_o, z.to(w_o.device)).norm(dim=-1).cpu()
 
 
 # model -> {(layer_a, head_a, layer_b, head_b): (kind, score)}: composition depends on the weights alone,

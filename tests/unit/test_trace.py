@@ -319,20 +319,36 @@ def test_lineage_depth_counts_path_heads_that_carry_their_layer(llama):
     assert path.edges[0].composition is None and all(0 <= e.composition <= 1 for e in path.edges[1:-1])
 
 
-def test_the_reading_pass_runs_only_the_predicting_positions(llama, monkeypatch):
-    """The prompt before its last token is not run again: its keys and values are the generation's.
-    Activity and fidelity are unchanged against a pass over the whole sequence."""
-    from synapse_core.analysis import trace as trace_module
+def test_the_fidelity_pass_runs_only_the_predicting_positions(llama, monkeypatch):
+    """Heads are read while generating; the fidelity pass runs the predicting positions only (the prompt
+    before its last token is the generation's KV cache) and agrees with a pass over the whole sequence."""
+    from synapse_core.analysis import tracecapture
 
     lengths = []
     forward = llama.model.forward
     monkeypatch.setattr(llama.model, "forward", lambda *a, **k: lengths.append(k["input_ids"].shape[1]) or forward(*a, **k))
     r = trace(llama, PROMPT, max_new_tokens=STEPS)
     n_prompt = len(r.prompt_ids)
-    assert lengths == [n_prompt] + [1] * (STEPS - 1) + [STEPS]  # prefill, one token a step, the reading pass
-    monkeypatch.setattr(trace_module, "_prefix", lambda cache, keep: None)  # the whole sequence instead
+    assert lengths == [n_prompt] + [1] * (STEPS - 1) + [STEPS]  # prefill, one token a step, the fidelity pass
+    monkeypatch.setattr(tracecapture, "_prefix", lambda cache, keep: None)  # the whole sequence instead
     whole = trace(llama, PROMPT, max_new_tokens=STEPS)
     assert lengths[-1] == n_prompt + STEPS - 1
     np.testing.assert_allclose(r.step_activity, whole.step_activity, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.attention, whole.attention, atol=1e-6)
     assert r.fidelity.max_logit_diff < 1e-4 and whole.fidelity.max_logit_diff < 1e-4
+
+
+def test_generation_keeps_the_fused_attention_while_reading_the_heads(llama, monkeypatch):
+    """The attention readers only take the predicting row, so no layer falls back to the explicit
+    (eager) attention unless a mask edits the probabilities; the rows equal the eager ones."""
+    from synapse_core.hooks import dispatch
+
+    fast = trace(llama, PROMPT, max_new_tokens=STEPS)
+    eager = dispatch.eager_attention
+    calls = []
+    monkeypatch.setattr(dispatch, "eager_attention", lambda *a, **k: calls.append(1) or eager(*a, **k))
+    again = trace(llama, PROMPT, max_new_tokens=STEPS)
+    assert calls == []
+    np.testing.assert_array_equal(fast.attention, again.attention)
+    masked = trace(llama, PROMPT, max_new_tokens=STEPS, masks=[HeadMask(1, 2, "attention")])
+    assert calls and masked.attention[:, 1, 2].max() == 0.0  # the masked head's probabilities are edited: eager
