@@ -1,17 +1,19 @@
 """Ablate: intervene on one component (zero, mean, patch, steer) and measure what changes at the next
-token; sweep the operation over every head or layer; evaluate it over a prompt set. Every run is a
+token; sweep the operation over every head or layer, or zero an SAE's features in turn; evaluate it over a
+prompt set. Every run is a
 stored experiment; its share link `?experiment=<hash>` opens it here."""
 import streamlit as st
 
 from synapse_core.arch.spec import FEATURE_OPS, OPS, TARGET_SITES
 from synapse_core.common.errors import SynapseError
-from synapse_core.experiments.records import ablation_config, promptset_config, sweep_config
+from synapse_core.experiments.records import ablation_config, feature_sweep_config, promptset_config, sweep_config
 from synapse_core.interventions.metrics import METRIC_LABELS, METRICS, resolve_target
 from synapse_core.interventions.ops import parse_positions
 from synapse_core.interventions.sweep import LAYER_SITES
 from ui import ablate as ui_ablate
 from ui import core
 from ui import features as ui_features
+from ui import jobs as ui_jobs
 from ui import trace as ui_trace
 
 st.title("Ablate")
@@ -102,24 +104,11 @@ def masks_settings():
 
 
 def run(state_key: str, make_config) -> None:
-    """Build the config and run it through the store, with a progress bar; errors shown, never kept."""
-    bar = st.progress(0.0, text="starting")
-    try:
-        st.session_state[state_key] = core.run_experiment(
-            handle, make_config(), progress=lambda done, total, msg: bar.progress(min(done / total, 1.0), text=msg))
-    except SynapseError as exc:
-        st.session_state.pop(state_key, None)
-        core.show_error(exc)
-    finally:
-        bar.empty()
+    ui_ablate.run_experiment(handle, state_key, make_config)
 
 
 def show(state_key: str, prefix: str) -> None:
-    exp = st.session_state.get(state_key)
-    if exp is not None and exp.config.fingerprint != handle.fingerprint:
-        st.info(f"The last run was made with {exp.config.model}, not the loaded model: run it again.")
-    elif exp is not None:
-        ui_ablate.show_experiment(exp, prefix)
+    ui_ablate.show_last(handle, state_key, prefix)
 
 
 if st.button("Run", key="ablate_run_button", type="primary"):
@@ -127,16 +116,23 @@ if st.button("Run", key="ablate_run_button", type="primary"):
 show(core.ABLATE_RUN, "ablate_result")
 
 st.subheader("Sweep")
-st.caption("The operation above applied to every head, or to each site of every layer, one at a time: a causal map.")
+st.caption("The operation above applied to every head, or each site of every layer, or each feature of an SAE "
+           "(zeroed, its error term kept), one at a time: a causal map.")
 kind_col, sites_col = st.columns([1, 2])
-over = kind_col.radio("Sweep over", ["heads", "layers"], key="ablate_sweep_over", horizontal=True,
-                      format_func={"heads": "every head", "layers": "every layer"}.get)
-sites = sites_col.multiselect("Layer sites", LAYER_SITES, default=list(LAYER_SITES), key="ablate_sweep_sites",
-                              format_func=ui_ablate.SITE_LABELS.get, disabled=over == "heads")
-sites = ("attn.head",) if over == "heads" else tuple(sites)
+over = kind_col.radio("Sweep over", ["heads", "layers", "features"], key="ablate_sweep_over", horizontal=True,
+                      format_func={"heads": "every head", "layers": "every layer", "features": "SAE features"}.get)
+if over == "features":
+    sae, feature_text, top = ui_features.sweep_widgets(handle, sites_col)
+    make_sweep = lambda: feature_sweep_config(handle, prompt, target, sae, ui_ablate.feature_list(feature_text), top,  # noqa: E731
+                                              contrast or None, parse_positions(positions), metric, masks_settings()[0])
+else:
+    sites = sites_col.multiselect("Layer sites", LAYER_SITES, default=list(LAYER_SITES), key="ablate_sweep_sites",
+                                  format_func=ui_ablate.SITE_LABELS.get, disabled=over == "heads")
+    sites = ("attn.head",) if over == "heads" else tuple(sites)
+    make_sweep = lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,  # noqa: E731
+                                      parse_positions(positions), source or None, metric, *masks_settings())
 if st.button("Sweep", key="ablate_sweep_button"):
-    run(core.ABLATE_SWEEP, lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,
-                                              parse_positions(positions), source or None, metric, *masks_settings()))
+    run(core.ABLATE_SWEEP, make_sweep)
 show(core.ABLATE_SWEEP, "ablate_sweep")
 
 st.subheader("Prompt set")

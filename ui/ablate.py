@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from synapse_core.arch.spec import Intervention, parse_heads
-from synapse_core.common.errors import BadInput
+from synapse_core.common.errors import BadInput, SynapseError
 from synapse_core.common.hashing import engine_version
 from synapse_core.experiments.records import Experiment, export_csv, export_json, headline
 from synapse_core.interventions.ablation import AblationResult
@@ -80,10 +80,21 @@ def metric_table(r: AblationResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def feature_list(text: str) -> tuple[int, ...] | None:
+    """Feature indices from "12, 7 301"; None for empty text (the sweep then takes the most active)."""
+    parts = (text or "").replace(",", " ").split()
+    if not parts:
+        return None
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise BadInput(f"features {text!r}: write feature indices, comma-separated, e.g. 12, 7, 301") from None
+
+
 def sweep_frame(r: SweepResult) -> pd.DataFrame:
-    """One row per swept component: layer, head or site, name ("L.H" for a head), effect, value, kl,
-    top1_changed, masked (a head masked in every run of the sweep: its effect is 0 by construction),
-    and the engine's full name."""
+    """One row per swept component: layer, head, site or feature, name ("L.H" for a head), effect,
+    value, kl, top1_changed, masked (a head masked in every run of the sweep: its effect is 0 by
+    construction), and the engine's full name."""
     frame = pd.DataFrame(r.effect_rows())
     frame["full name"] = frame["name"]
     frame["name"] = [short_name(n) for n in frame["name"]]
@@ -108,6 +119,20 @@ def promptset_frame(r: PromptSetResult) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- charts
+def feature_bars(r: SweepResult) -> alt.Chart:
+    """The effect of zeroing each swept feature, largest |effect| first, diverging around 0."""
+    frame = sweep_frame(r)
+    limit = float(np.abs(r.effects).max()) or 1.0
+    order = frame.loc[frame["effect"].abs().sort_values(ascending=False).index, "name"].tolist()
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("effect:Q", title=f"Δ {r.metric}"),
+        y=alt.Y("name:N", title="feature", sort=order),
+        color=alt.Color("effect:Q", legend=None, scale=alt.Scale(scheme="redblue", domain=[-limit, limit], domainMid=0)),
+        tooltip=["name", alt.Tooltip("effect:Q", format="+.4f"), alt.Tooltip("value:Q", format=".4f"),
+                 alt.Tooltip("kl:Q", format=".4f"), "top1_changed"],
+    ).properties(height=18 * len(frame) + 40)
+
+
 def sweep_heatmap(r: SweepResult) -> alt.Chart:
     """The causal map: effect of the operation on each head (layer x head) or each layer's sites
     (layer x site), diverging around 0 so harm and help read apart."""
@@ -128,6 +153,30 @@ def sweep_heatmap(r: SweepResult) -> alt.Chart:
         tooltip=["name", alt.Tooltip("effect:Q", format="+.4f"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("kl:Q", format=".4f"), "top1_changed", "masked", "full name"],
     ).properties(height=rows + 50)
+
+
+# ---------------------------------------------------------------- running (the Ablate page)
+def run_experiment(handle, state_key: str, make_config) -> None:
+    """Build the config and run it through the store into session state, with a progress bar;
+    errors shown, never kept."""
+    bar = st.progress(0.0, text="starting")
+    try:
+        st.session_state[state_key] = core.run_experiment(
+            handle, make_config(), progress=lambda done, total, msg: bar.progress(min(done / total, 1.0), text=msg))
+    except SynapseError as exc:
+        st.session_state.pop(state_key, None)
+        core.show_error(exc)
+    finally:
+        bar.empty()
+
+
+def show_last(handle, state_key: str, prefix: str) -> None:
+    """The experiment last run into `state_key`, unless it was made with another model."""
+    exp = st.session_state.get(state_key)
+    if exp is not None and exp.config.fingerprint != handle.fingerprint:
+        st.info(f"The last run was made with {exp.config.model}, not the loaded model: run it again.")
+    elif exp is not None:
+        show_experiment(exp, prefix)
 
 
 # ---------------------------------------------------------------- renderers (both pages)
@@ -230,11 +279,13 @@ def show_ablation(r: AblationResult, prefix: str) -> None:
 
 def show_sweep(r: SweepResult, prefix: str) -> None:
     _notes(r)
-    st.caption(f"{r.op} over every {'head' if r.kind == 'heads' else 'layer: ' + ', '.join(r.sites)} · metric "
+    what = {"heads": "every head", "layers": "every layer: " + ", ".join(r.sites),
+            "features": f"{len(r.features)} features of {r.sites[0]} (error term kept)"}[r.kind]
+    st.caption(f"{r.op} over {what} · metric "
                f"{METRIC_LABELS[r.metric]}, clean {r.clean:.4f} · effect = intervened − clean · "
                f"{r.effects.size} interventions in {r.forward_passes} batched passes, {r.seconds:.1f} s")
     with st.container(key=f"{prefix}_heatmap_box"):
-        st.altair_chart(sweep_heatmap(r), key=f"{prefix}_heatmap")
+        st.altair_chart(feature_bars(r) if r.kind == "features" else sweep_heatmap(r), key=f"{prefix}_heatmap")
     st.markdown("**Largest effects**")
     st.dataframe(top_effects(r), key=f"{prefix}_top_effects", hide_index=True)
 

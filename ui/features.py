@@ -220,6 +220,23 @@ def feature_interventions(text: str, op: str, value: float | None, positions_tex
     return tuple(feature_intervention(n, op, value, positions) for n in names)
 
 
+def intervenable_saes(handle) -> list[str]:
+    """SAEs of this model whose site the model reads back (residual stream, attention or MLP output)."""
+    from synapse_core.features.intervene import COMPONENT
+
+    return [s.name for s in saes() if s.d_in == handle.arch.d_model and s.site in COMPONENT]
+
+
+def sweep_widgets(handle, col) -> tuple[str | None, str, int]:
+    """The feature sweep's inputs in `col`: the SAE, the feature list text and how many of the most
+    active features to take when the list is empty."""
+    sae_col, list_col, top_col = col.columns([2, 2, 1])
+    sae = sae_col.selectbox("SAE", intervenable_saes(handle), key="ablate_sweep_sae")
+    text = list_col.text_input("Features (empty: the most active on the prompt)", key="ablate_sweep_features")
+    top = top_col.number_input("Most active", min_value=1, max_value=500, value=20, key="ablate_sweep_top")
+    return sae, text, int(top)
+
+
 # ---- graphs of features ----------------------------------------------------------------------
 
 GRAPH_SIZE = "features_graph_size"

@@ -3,6 +3,8 @@
     python -m synapse_core ablate --prompt "The Eiffel Tower is in the city of" --target " Paris" \
         --contrast " London" --heads 5.3,7.1 --mode zero --json
     python -m synapse_core sweep --prompt "The Eiffel Tower is in the city of" --target " Paris" --json
+    python -m synapse_core sweep --over features --sae layers.15.resid.post.sae --top 20 \
+        --prompt "The Eiffel Tower is in the city of" --target " Paris" --json
 
 Every run is an experiment kept in the result store: the JSON's "experiment" is its id, and the
 same command twice is answered from the store. Notes and warnings go to stderr.
@@ -131,8 +133,14 @@ def _ablate(args):
 
 def _sweep_args(p):
     _common_args(p)
-    p.add_argument("--over", default="heads", choices=("heads", "layers"),
-                   help="heads (default): every head; layers: every layer's attn, mlp and resid")
+    p.add_argument("--over", default="heads", choices=("heads", "layers", "features"),
+                   help="heads (default): every head; layers: every layer's attn, mlp and resid; features: features "
+                        "of --sae, each zeroed (its error term kept)")
+    p.add_argument("--sae", default=None, help="--over features: the SAE, e.g. layers.15.resid.post.sae")
+    p.add_argument("--features", default=None, metavar="LIST",
+                   help="--over features: feature indices, comma-separated (default: the --top most active)")
+    p.add_argument("--top", type=int, default=20,
+                   help="--over features: sweep the features most active on the prompt (default 20)")
     p.add_argument("--batch-rows", type=int, default=None, help="interventions per forward pass (default 54)")
     p.add_argument("--progress", action="store_true", help="print progress on stderr")
 
@@ -147,6 +155,10 @@ def _sweep(args):
     rows = BATCH_ROWS if args.batch_rows is None else args.batch_rows  # 0 is refused, not replaced
     if rows < 1:
         raise BadInput(f"--batch-rows {rows} must be at least 1")
+    if args.over == "features":
+        return _feature_sweep(args, positions, rows)
+    if args.sae or args.features:
+        raise BadInput(f"--sae and --features are for --over features, not --over {args.over}")
     cases = promptsets.read_cases(args)
     if cases is not None:
         sites = ("attn.head",) if args.over == "heads" else LAYER_SITES
@@ -159,20 +171,51 @@ def _sweep(args):
     source = args.source_prompt if args.mode == "patch" else None
     config = sweep_config(handle, args.prompt, args.target, args.contrast, sites, args.mode, positions, source,
                           masks=masks, settings=settings)
-    progress = None
-    if args.progress:
-        def progress(done, total, message):
-            print(f"[{done}/{total}] {message}", file=sys.stderr)
-    exp = run_experiment(handle, config, progress=progress, batch_rows=rows)
+    exp = run_experiment(handle, config, progress=_progress(args), batch_rows=rows)
+    _print_sweep(args, handle, exp)
+
+
+def _progress(args):
+    if not args.progress:
+        return None
+
+    def progress(done, total, message):
+        print(f"[{done}/{total}] {message}", file=sys.stderr)
+
+    return progress
+
+
+def _feature_sweep(args, positions, rows):
+    from ..experiments.records import feature_sweep_config, run_experiment
+
+    if not args.sae:
+        raise BadInput("--over features needs --sae: the SAE whose features are swept (see `features list`)")
+    if args.mode != "zero":
+        raise BadInput(f"a feature sweep zeroes each feature: --mode {args.mode} is not offered")
+    if args.prompt_set:
+        raise BadInput("a feature sweep runs on one --prompt, not a --prompt-set")
+    features = None
+    if args.features:
+        try:
+            features = tuple(int(f) for f in args.features.replace(",", " ").split())
+        except ValueError:
+            raise BadInput(f"--features {args.features!r}: write feature indices, comma-separated") from None
+    promptsets.require_prompt(args)
+    handle = cli.load(args)
+    config = feature_sweep_config(handle, args.prompt, args.target, args.sae, features, args.top, args.contrast,
+                                  positions, masks=cli.run_masks(args, handle))
+    exp = run_experiment(handle, config, progress=_progress(args), batch_rows=rows)
+    _print_sweep(args, handle, exp)
+
+
+def _print_sweep(args, handle, exp):
     r = exp.result
     _say(exp, r)
-    if r.kind == "heads":
-        effects = [{"layer": e["layer"], "head": e["head"], "effect": e["effect"]} for e in r.effect_rows()]
-    else:
-        effects = [{"layer": e["layer"], "site": e["site"], "effect": e["effect"]} for e in r.effect_rows()]
+    keys = {"heads": ("layer", "head"), "layers": ("layer", "site"), "features": ("feature", "name")}[r.kind]
+    effects = [{**{k: e[k] for k in keys}, "effect": e["effect"]} for e in r.effect_rows()]
     payload = {"metric": r.metric, "clean": r.clean, "effects": effects, "seconds": r.seconds, "experiment": exp.hash}
     top = sorted(r.effect_rows(), key=lambda e: -abs(e["effect"]))[:10]
-    lines = [f"{args.mode} sweep over {args.over} of {handle.name}: {r.metric} clean {r.clean:.4f}, "
+    lines = [f"{r.op} sweep over {args.over} of {handle.name}: {r.metric} clean {r.clean:.4f}, "
              f"{r.effects.size} interventions in {r.seconds:.1f} s ({r.forward_passes} batched passes)",
              "largest effects:"]
     lines += [f"  {e['name']:<24} {e['effect']:+.4f}" for e in top]
@@ -182,5 +225,5 @@ def _sweep(args):
 
 COMMANDS = [
     ("ablate", "intervene on heads or components and compare with the clean run", _ablate_args, _ablate),
-    ("sweep", "ablate every head (or layer) in turn: a causal map", _sweep_args, _sweep),
+    ("sweep", "ablate every head (or layer, or SAE feature) in turn: a causal map", _sweep_args, _sweep),
 ]

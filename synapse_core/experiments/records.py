@@ -23,7 +23,15 @@ from ..interventions.metrics import METRICS, check_metric
 from ..interventions.ops import OpSettings
 from ..interventions.promptset import PromptCase, PromptSetResult, prompt_set_metric
 from ..interventions.reference import default_reference_prompts
-from ..interventions.sweep import BATCH_ROWS, LAYER_SITES, SweepResult, sweep_heads, sweep_layers
+from ..interventions.sweep import (
+    BATCH_ROWS,
+    LAYER_SITES,
+    SweepResult,
+    active_features,
+    sweep_features,
+    sweep_heads,
+    sweep_layers,
+)
 from ..jobs.config import EngineConfig
 from ..jobs.tasks import run_prompt_set, run_prompt_sweep
 from ..model.generation import Progress
@@ -53,6 +61,7 @@ class ExperimentConfig:
     sweep_op: str = "zero"  # sweep: the operation applied to each component
     sweep_positions: str | tuple[int, ...] = "all"  # sweep: positions of each intervention
     sweep_source: str | None = None  # sweep with op patch: the source prompt
+    sweep_features: tuple[int, ...] = ()  # feature sweep: the features of the SAE named in sweep_sites, each zeroed
     top_k: int = 10  # rows of the next-token tables
 
     def __post_init__(self):
@@ -78,7 +87,9 @@ class ExperimentConfig:
     def title(self) -> str:
         prompt = self.prompts[0] if len(self.prompts[0]) <= 40 else self.prompts[0][:39] + "\u2026"
         if self.kind in ("sweep", "promptsweep"):
-            what = "every head" if self.sweep_sites == ("attn.head",) else "every layer's " + "/".join(self.sweep_sites)
+            what = ("every head" if self.sweep_sites == ("attn.head",) else
+                    f"{len(self.sweep_features)} features of {self.sweep_sites[0]}" if self.sweep_features else
+                    "every layer's " + "/".join(self.sweep_sites))
             if self.kind == "promptsweep":
                 return f"{self.sweep_op} sweep over {what} on {len(self.prompts)} prompts"
             return f"{self.sweep_op} sweep over {what} \u00b7 {prompt!r} \u2192 {self.targets[0]!r}"
@@ -165,6 +176,20 @@ def sweep_config(handle: ModelHandle, prompt: str, target: str, contrast: str | 
                             sweep_positions=positions, sweep_source=source, **_base(handle, masks))
 
 
+def feature_sweep_config(handle: ModelHandle, prompt: str, target: str, sae: str, features=None, top: int = 20,
+                         contrast: str | None = None, positions="all", metric: str | None = None,
+                         masks=()) -> ExperimentConfig:
+    """A sweep zeroing features of SAE `sae` in turn: the given indices, or (features None) the `top`
+    features most active on the prompt, chosen now so the experiment names the features it ran."""
+    features = active_features(handle, prompt, sae, top, masks) if features is None else tuple(features)
+    if not features:
+        raise BadInput(f"no feature of {sae} is active on the prompt {prompt!r} (position 0 left out)")
+    return ExperimentConfig(kind="sweep", prompts=(prompt,), targets=(target,), contrasts=(contrast or None,),
+                            metric=metric or ("logit_diff" if contrast else "log_prob"), sweep_sites=(sae,),
+                            sweep_op="zero", sweep_positions=positions, sweep_features=tuple(int(f) for f in features),
+                            **_base(handle, masks))
+
+
 def promptset_config(handle: ModelHandle, cases, interventions, masks=(), settings: OpSettings = OpSettings(),
                      metric: str | None = None, top_k: int = 5) -> ExperimentConfig:
     cases = tuple(cases)
@@ -198,6 +223,9 @@ def _compute(handle: ModelHandle, c: ExperimentConfig, progress, batch_rows: int
                   settings=c.settings, batch_rows=batch_rows, progress=progress)
     if c.kind == "promptsweep":
         return run_prompt_sweep(handle, cases, c.sweep_sites, engine=engine, cancel=cancel, **common)
+    if c.sweep_features:
+        return sweep_features(handle, c.prompts[0], c.targets[0], c.sweep_sites[0], c.sweep_features, c.contrasts[0],
+                              c.sweep_positions, c.metric, c.masks, batch_rows, progress)
     if c.sweep_sites == ("attn.head",):
         return sweep_heads(handle, c.prompts[0], c.targets[0], c.contrasts[0], **common)
     return sweep_layers(handle, c.prompts[0], c.targets[0], c.contrasts[0], sites=c.sweep_sites, **common)

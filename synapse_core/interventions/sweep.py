@@ -1,5 +1,6 @@
 """Causal maps: one operation swept over every head, or over every layer's attention output, MLP
-output and residual stream, each scored against the clean run.
+output and residual stream, or over features of one SAE (each zeroed, its error term kept), each
+scored against the clean run.
 
 Sweeps are batched. Each forward pass carries several copies of the prompt, one row per
 intervention; a zero-ablated head is switched off by one attn.z function per layer that multiplies
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from ..arch.spec import HeadMask, Intervention, normalize_masks
+from ..common.errors import BadInput
+from ..features.catalog import find_sae
+from ..features.intervene import feature_intervention, sae_for
 from ..hooks.dispatch import SiteFn
 from ..hooks.masking import mask_fns, merge_fns
 from ..model.generation import Progress
@@ -41,7 +45,7 @@ from .metrics import (
     next_token_metrics,
     resolve_target,
 )
-from .ops import OpSettings, Prepared, forward_last, hook_key, prepare, resolve_positions
+from .ops import OpSettings, Prepared, capture, forward_last, hook_key, prepare, resolve_positions
 
 LAYER_SITES = ("attn", "mlp", "resid")
 BATCH_ROWS = 54  # interventions per forward pass: 6 layers of SmolLM2 heads (fastest in benchmarks/head_sweep.py)
@@ -57,8 +61,10 @@ class SweepResult:
     prompt: str
     prompt_tokens: tuple[str, ...]
     target: Target
-    kind: str  # "heads": arrays are (layer, head); "layers": arrays are (site, layer), rows in `sites` order
-    sites: tuple[str, ...]  # ("attn.head",) for heads; the swept sites for layers, e.g. ("attn", "mlp", "resid")
+    kind: str  # "heads": arrays are (layer, head); "layers": (site, layer), rows in `sites` order;
+    # "features": (1, feature), columns in `features` order
+    sites: tuple[str, ...]  # ("attn.head",) for heads; the swept sites for layers, e.g. ("attn", "mlp", "resid");
+    # (the SAE's name,) for features
     op: str  # zero | mean | patch | steer
     positions: str | tuple[int, ...]
     metric: str  # log_prob | target_prob | logit_diff | kl
@@ -74,18 +80,23 @@ class SweepResult:
     forward_passes: int  # batched passes over the interventions (the clean run not counted)
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    features: tuple[int, ...] = ()  # kind "features": the feature index of each column
 
     def name(self, i: int, j: int) -> str:
         """The intervention name of array cell (i, j)."""
+        if self.kind == "features":
+            return f"{self.sites[0]}.{self.features[j]}"
         if self.kind == "heads":
             return f"layers.{i}.attn.head.{j}"
         return f"layers.{j}.{self.sites[i]}"
 
     def effect_rows(self) -> list[dict]:
-        """One dict per cell: {"layer", "head", "effect"} for heads; {"layer", "site", "effect"} for layers."""
+        """One dict per cell: {"layer", "head", "effect"} for heads; {"layer", "site", "effect"} for layers;
+        {"feature", "effect"} for features."""
         rows = []
         for i, j in np.ndindex(self.effects.shape):
-            cell = {"layer": i, "head": j} if self.kind == "heads" else {"layer": j, "site": self.sites[i]}
+            cell = ({"feature": self.features[j]} if self.kind == "features" else {"layer": i, "head": j}
+                    if self.kind == "heads" else {"layer": j, "site": self.sites[i]})
             rows.append(dict(cell, name=self.name(i, j), effect=float(self.effects[i, j]),
                              value=float(self.values[i, j]), kl=float(self.kl[i, j]),
                              top1_changed=bool(self.top1_changed[i, j])))
@@ -100,7 +111,7 @@ class SweepResult:
             "metric": self.metric, "clean": self.clean, "clean_metrics": asdict(self.clean_metrics),
             "effects": self.effect_rows(), "masks": [asdict(m) for m in self.masks],
             "settings": asdict(self.settings), "seconds": self.seconds, "forward_passes": self.forward_passes,
-            "notes": list(self.notes), "warnings": list(self.warnings),
+            "notes": list(self.notes), "warnings": list(self.warnings), "features": list(self.features),
         }
 
 
@@ -281,8 +292,6 @@ def sweep_layers(handle: ModelHandle, prompt: str, target: str | Target, contras
                  metric: str | None = None, masks=(), settings: OpSettings = OpSettings(),
                  batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> SweepResult:
     """Apply `op` to each site of every layer in turn; effects (site, layer), rows in `sites` order."""
-    from ..common.errors import BadInput
-
     sites = tuple(sites)
     if not sites or any(s not in LAYER_SITES for s in sites):
         raise BadInput(f"layer sweep sites {list(sites)}: choose from {', '.join(LAYER_SITES)}")
@@ -290,3 +299,45 @@ def sweep_layers(handle: ModelHandle, prompt: str, target: str | Target, contras
     ivs = [Intervention(layer, site, op, None, positions, source) for site in sites for layer in range(n_layers)]
     return _sweep(handle, prompt, target, contrast, ivs, "layers", sites, (len(sites), n_layers),
                   op, positions, metric, masks, settings, batch_rows, progress)
+
+
+def active_features(handle: ModelHandle, prompt: str, sae: str, top: int = 20, masks=()) -> tuple[int, ...]:
+    """The `top` features of SAE `sae` with the largest activation at any position of the prompt
+    (position 0, the separator, left out as everywhere the SAEs are used), largest first; only
+    features that fire, so fewer than `top` when fewer fire. Masks are on, as in the sweep."""
+    if top < 1:
+        raise BadInput(f"top {top}: sweep at least 1 feature")
+    find_sae(sae)  # names the SAEs there are when there is no such one
+    first = feature_intervention(f"{sae}.0")  # checks the SAE exists and is one the model reads back
+    ids, _ = encode_prompt(handle, prompt)
+    key = hook_key(first)
+    x = capture(handle, ids, [key], normalize_masks(masks, handle.arch))[key][1:]  # (pos - 1, d_model)
+    if x.shape[0] == 0:
+        return ()
+    with torch.no_grad():
+        peak = sae_for(first.feature, handle.arch.d_model).encode(x).amax(0)  # (d_sae,)
+    vals, idx = peak.topk(min(top, peak.numel()))
+    return tuple(int(i) for v, i in zip(vals, idx) if v > 0)
+
+
+def sweep_features(handle: ModelHandle, prompt: str, target: str | Target, sae: str, features,
+                   contrast: str | None = None, positions="all", metric: str | None = None, masks=(),
+                   batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> SweepResult:
+    """Zero each of `features` (indices of SAE `sae`, e.g. from active_features) in turn, the SAE's
+    error term kept; effects (1, feature) = intervened metric - clean metric, batched like the head
+    sweep (one row per feature, every row joining the clean run just below the SAE's layer).
+
+    A feature that is not active at any of `positions` changes nothing: its effect is exactly 0.
+    >>> sweep_features(handle, prompt, " Paris", "layers.15.resid.post.sae", (12, 7)).effects.shape  # doctest: +SKIP
+    (1, 2)
+    """
+    features = tuple(int(f) for f in features)
+    find_sae(sae)
+    if not features:
+        raise BadInput(f"no feature of {sae} to sweep: give feature indices, or pick the ones active on the prompt")
+    if len(set(features)) != len(features):
+        raise BadInput(f"feature list {list(features)} names a feature twice")
+    ivs = [feature_intervention(f"{sae}.{f}", "zero", None, positions) for f in features]
+    result = _sweep(handle, prompt, target, contrast, ivs, "features", (sae,), (1, len(features)), "zero",
+                    positions, metric, masks, OpSettings(), batch_rows, progress)
+    return replace(result, features=features)

@@ -167,3 +167,21 @@ def test_bad_input_is_an_error_and_leaves_no_result():
         assert not at.exception
         assert [message in e.value for e in at.error] == [True], (inputs, [e.value for e in at.error])
         assert core.ABLATE_RUN not in at.session_state
+
+
+def test_feature_sweep_zeroes_the_most_active_features_one_at_a_time():
+    at = fill(ablate_page(), prompt="The Eiffel Tower is in the city of", target=" Paris", contrast="")
+    at.radio(key="ablate_sweep_over").set_value("features").run()
+    at.selectbox(key="ablate_sweep_sae").set_value("layers.15.resid.post.sae")
+    at.number_input(key="ablate_sweep_top").set_value(6)
+    at.button(key="ablate_sweep_button").click().run()
+    assert not at.exception and not at.error
+    exp = at.session_state[core.ABLATE_SWEEP]
+    r = exp.result
+    assert r.kind == "features" and len(r.features) == 6 and exp.config.sweep_features == r.features
+    (bars,) = chart_frames(at)
+    assert sorted(bars["name"]) == sorted(f"layers.15.resid.post.sae.{f}" for f in r.features)
+    assert (bars["effect"] != 0).any()  # features active on the prompt: zeroing some of them moves log p
+    top = table(at, "feature")
+    assert top["effect"].abs().is_monotonic_decreasing
+    assert any("6 features of layers.15.resid.post.sae (error term kept)" in c.value for c in at.caption)
