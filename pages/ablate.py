@@ -13,7 +13,6 @@ from synapse_core.interventions.sweep import LAYER_SITES
 from ui import ablate as ui_ablate
 from ui import core
 from ui import features as ui_features
-from ui import jobs as ui_jobs
 from ui import trace as ui_trace
 
 st.title("Ablate")
