@@ -197,6 +197,47 @@ def capture(handle: ModelHandle, ids: torch.Tensor, keys, masks=()) -> dict[Hook
     return found
 
 
+class _Enough(Exception):
+    """Raised after the deepest hooked layer: the layers above it are not needed."""
+
+
+def capture_many(handle: ModelHandle, prompts: list[torch.Tensor], keys, masks=(),
+                 batch_size: int = 16) -> list[dict[HookKey, torch.Tensor]]:
+    """Activations of several prompts (each ids (1, pos)) at each hook key, float32, masks on: per
+    prompt {key: (pos, ...)}, equal to `capture` of that prompt alone.
+
+    Prompts run batch_size at a time, each padded after its last token: with causal attention no real
+    position sees the padding, and positions count from 0 in every row. The pass stops after the
+    deepest layer a key needs."""
+    keys = sorted(set(keys))
+    deepest = max(layer for layer, _ in keys)
+    out: list[dict[HookKey, torch.Tensor]] = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo:lo + batch_size]
+        lengths = [ids.shape[1] for ids in chunk]
+        batch = torch.zeros(len(chunk), max(lengths), dtype=chunk[0].dtype, device=chunk[0].device)
+        for row, ids in enumerate(chunk):
+            batch[row, :ids.shape[1]] = ids[0]
+        found: dict[HookKey, torch.Tensor] = {}
+
+        def reader(key):
+            def fn(x):  # (batch, pos, ...)
+                found[key] = x.detach().float().clone()
+            return fn
+
+        def stop(x):
+            raise _Enough
+
+        fns = merge_fns(mask_fns(tuple(masks)), {key: [reader(key)] for key in keys}, {(deepest, "resid.post"): [stop]})
+        try:
+            with torch.inference_mode(), hooks(handle.model, handle.arch, fns):
+                handle.model(input_ids=batch, use_cache=False, logits_to_keep=1)
+        except _Enough:
+            pass
+        out.extend({key: found[key][row, :n] for key in keys} for row, n in enumerate(lengths))
+    return out
+
+
 def component(iv: Intervention, activation: torch.Tensor) -> torch.Tensor:
     """The intervention's component of a captured hook activation: (pos, d_head) or (pos, d_model)."""
     return activation[:, iv.head] if iv.head is not None else activation
@@ -231,7 +272,7 @@ def reference_means(handle: ModelHandle, prompts: tuple[str, ...], keys, masks=(
         known = dict(_MEANS.get(cache_key, {}))
     missing = sorted(set(keys) - set(known))
     if missing:
-        runs = [capture(handle, encode_prompt(handle, p)[0], missing, masks) for p in prompts]
+        runs = capture_many(handle, [encode_prompt(handle, p)[0] for p in prompts], missing, masks)
         min_len = min(run[missing[0]].shape[0] for run in runs)
         for key in missing:
             acts = [run[key] for run in runs]

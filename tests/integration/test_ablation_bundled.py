@@ -30,7 +30,7 @@ def test_head_zero_ablation_equals_zeroing_the_projection_columns(bundled, layer
     arch = bundled.arch
     o_proj = arch.out_proj[layer]
     assert o_proj.bias is None
-    for head in range(arch.n_heads):
+    for head in (0, arch.n_heads // 2, arch.n_heads - 1):  # the first, a middle and the last column slice
         prepared = prepare(bundled, _ids(bundled), [Intervention(layer, "attn.head", "zero", head)])
         hooked = _logits(bundled, prepared.table())
         cols = slice(head * arch.d_head, (head + 1) * arch.d_head)

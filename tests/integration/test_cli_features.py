@@ -2,12 +2,11 @@
 session's SYNAPSE_HOME, listed, shown, labelled; a top context re-run gives its activation."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from synapse_core.common import settings
 from synapse_core.features import corpus
@@ -19,12 +18,7 @@ SAE = "layers.3.resid.post.sae"
 
 
 def cli(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "synapse_core", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return run_cli(*args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,13 @@
-"""`synapse trace --json`: the fidelity, probability and influence keys, read from a child process."""
+"""`synapse trace --json`: the fidelity, probability and influence keys."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from cli_helpers import run_cli
 
 
 def test_trace_json_reports_fidelity_probabilities_and_influence_completeness():
-    proc = subprocess.run([sys.executable, "-m", "synapse_core", "trace", "--prompt",
-                           "The capital of Australia is the city of", "--max-new-tokens", "2", "--mask", "3.1",
-                           "--mask-level", "attention", "--temperature", "0.8", "--top-k", "5", "--seed", "2",
-                           "--influence", "0", "--json"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("trace", "--prompt", "The capital of Australia is the city of", "--max-new-tokens", "2",
+                   "--mask", "3.1", "--mask-level", "attention", "--temperature", "0.8", "--top-k", "5", "--seed",
+                   "2", "--influence", "0", "--json")
     out = json.loads(proc.stdout)
     fidelity = out["fidelity"]
     assert fidelity["argmax_agreement"] == 1.0 and fidelity["max_logit_diff"] < 1e-3

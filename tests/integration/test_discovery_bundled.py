@@ -8,12 +8,10 @@ the top 30 heads is about 0.80. The thresholds below leave room for other CPUs a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 from synapse_core.analysis.discovery import discovery_config
 from synapse_core.arch.spec import Intervention
@@ -77,11 +75,7 @@ def test_the_same_discovery_twice_is_answered_from_the_store(bundled, config, st
 
 
 def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "synapse_core", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+    return run_cli(*args)
 
 
 def test_cli_discover_json():

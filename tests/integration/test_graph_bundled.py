@@ -1,12 +1,10 @@
 """Attribution graphs and the logit lens on the bundled model: completeness to 1e-4 in float32, the
 output's direct inputs add up to the real logit difference, the CLI prints and writes the graph."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 from synapse_core.analysis.lens import logit_lens
 from synapse_core.common.errors import BadInput
@@ -49,12 +47,7 @@ def test_lens_reads_paris_at_the_top_by_the_last_layer(bundled):
 
 
 def cli(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "synapse_core", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=600, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return run_cli(*args, check=check)
 
 
 def test_cli_graph_json_and_circuit_tracer_file(tmp_path):
