@@ -75,20 +75,54 @@ def parse_heads(text: str | None) -> list[HeadRef]:
     return [parse_head(part) for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
-def normalize_masks(masks, arch: Architecture) -> tuple[HeadMask, ...]:
-    """Validate masks against the model and return them sorted and de-duplicated.
+@dataclass(frozen=True, order=True)
+class FeatureMask:
+    """An SAE feature switched off: zero-ablated at its SAE's site in every run, the SAE's error term kept,
+    so only that feature's part of the site changes (hooks.masking applies it; interventions.featureops
+    builds it from a feature's name and checks it against the SAE catalog).
 
-    Accepts HeadMask, HeadRef or "L.H" strings.
+    >>> FeatureMask(15, "layers.15.resid.post.sae.1234").short
+    'layers.15.resid.post.sae.1234'
     """
-    out = set()
+
+    layer: int  # the layer whose site the feature's SAE reads
+    feature: str  # the feature's name: its SAE's name plus the index, layers.15.resid.post.sae.1234
+
+    @property
+    def short(self) -> str:
+        return self.feature
+
+
+def head_masks(masks) -> tuple[HeadMask, ...]:
+    """The head masks among masks of either kind (what head-by-head readers verify or draw)."""
+    return tuple(m for m in masks if isinstance(m, HeadMask))
+
+
+def feature_masks(masks) -> tuple[FeatureMask, ...]:
+    return tuple(m for m in masks if isinstance(m, FeatureMask))
+
+
+def normalize_masks(masks, arch: Architecture) -> tuple[HeadMask | FeatureMask, ...]:
+    """Validate masks against the model and return them sorted and de-duplicated: heads first, then features.
+
+    Accepts HeadMask, HeadRef or "L.H" strings, and FeatureMask (its layer is checked here, its SAE
+    where it is built).
+    """
+    heads, features = set(), set()
     for mask in masks or ():
+        if isinstance(mask, FeatureMask):
+            if not 0 <= mask.layer < arch.n_layers:
+                raise BadInput(f"feature {mask.feature} sits at layer {mask.layer}, which does not exist: the model "
+                               f"has layers 0-{arch.n_layers - 1}")
+            features.add(mask)
+            continue
         if isinstance(mask, str):
             mask = parse_head(mask)
         if isinstance(mask, HeadRef):
             mask = HeadMask(mask.layer, mask.head)
         arch.check_head(mask.layer, mask.head)
-        out.add(mask)
-    return tuple(sorted(out))
+        heads.add(mask)
+    return (*sorted(heads), *sorted(features))
 
 
 @dataclass(frozen=True)
