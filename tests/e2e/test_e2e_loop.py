@@ -10,6 +10,8 @@ from e2e_helpers import RUN_MS
 
 expect = pytest.importorskip("playwright.sync_api", reason="the e2e tests need playwright: make setup").expect
 
+pytestmark = pytest.mark.slow  # a served app and a browser: the slow tier (make test-slow; CI runs it)
+
 PROMPT = "The capital of Australia is the city of"
 EMPTY_PROMPT = "the prompt is empty: type some text to run the model on"
 

@@ -6,6 +6,8 @@ from e2e_helpers import MODEL_NAME, RUN_MS
 
 expect = pytest.importorskip("playwright.sync_api", reason="the e2e tests need playwright: make setup").expect
 
+pytestmark = pytest.mark.slow  # a served app and a browser: the slow tier (make test-slow; CI runs it)
+
 PROMPT = "The Eiffel Tower is in the city of"
 
 

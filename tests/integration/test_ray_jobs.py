@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray engine's tests need Ray: pip install 'synapse-interp[ray]'")
+pytestmark = pytest.mark.slow  # a Ray cluster starts and stops: the slow tier (make test-slow; CI runs it)
 
 from synapse_core.arch.spec import Intervention  # noqa: E402
 from synapse_core.experiments.records import promptset_config, promptsweep_config, run_experiment  # noqa: E402
