@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..arch.spec import HeadMask, normalize_masks
+from ..arch.spec import FeatureMask, HeadMask, normalize_masks
 from ..hooks.masking import mask_fns, merge_fns
 from ..model.generation import Progress, Sampling, decode
 from ..model.loading import ModelHandle
@@ -111,6 +111,7 @@ class TraceResult:
     sampling: Sampling
     stopped_on_eos: bool
     warnings: tuple[str, ...] = ()
+    masked_features: tuple[FeatureMask, ...] = ()  # quarantined SAE features, zeroed at their site in every pass
     activity_method: str = ACTIVITY_METHOD
     probs_method: str = PROBS_METHOD
 
@@ -149,6 +150,7 @@ class TraceResult:
             "fidelity": {**asdict(self.fidelity), "unverified_masks": list(self.fidelity.unverified_masks)},
             "masked_heads": [f"{m.layer}.{m.head}" for m in self.masked_heads],
             "mask_levels": {f"{m.layer}.{m.head}": m.level for m in self.masked_heads},
+            "masked_features": [m.feature for m in self.masked_features],
             "sampling": asdict(self.sampling),
             "stopped_on_eos": self.stopped_on_eos,
             "activity_method": self.activity_method,
@@ -214,7 +216,8 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
         top_heads=top_heads(head_activity, top_k),
         thought_path=thought_path(handle, head_activity),
         fidelity=fidelity,
-        masked_heads=masks,
+        masked_heads=tuple(m for m in masks if isinstance(m, HeadMask)),
+        masked_features=tuple(m for m in masks if isinstance(m, FeatureMask)),
         sampling=sampling,
         stopped_on_eos=decoded.stopped_on_eos,
         warnings=tuple(warnings),

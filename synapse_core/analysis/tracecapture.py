@@ -54,7 +54,8 @@ class StepCapture:
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # per layer, per step: (head, k_pos)
         self.masked: dict[int, list[int]] = {}
         for m in masks:
-            self.masked.setdefault(m.layer, []).append(m.head)
+            if isinstance(m, HeadMask):  # a quarantined feature is not a head: nothing of it reads 0 at attn.z
+                self.masked.setdefault(m.layer, []).append(m.head)
         self.masked_peak: dict[int, torch.Tensor] = {}  # layer -> (masked head,) largest |z| so far
 
     def fns(self) -> dict:
@@ -100,7 +101,7 @@ class StepCapture:
 
     def unverified(self, masks: tuple[HeadMask, ...]) -> tuple[str, ...]:
         """"L.H" of masked heads that did not read exactly 0 at every position."""
-        return tuple(f"{m.layer}.{m.head}" for m in masks
+        return tuple(f"{m.layer}.{m.head}" for m in masks if isinstance(m, HeadMask)
                      if m.layer not in self.masked_peak
                      or float(self.masked_peak[m.layer][self.masked[m.layer].index(m.head)]) != 0.0)
 
