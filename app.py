@@ -3,7 +3,7 @@ import streamlit as st
 
 from synapse_core.arch.spec import MASK_LEVELS
 from synapse_core.common.errors import SynapseError
-from ui import core, demo
+from ui import core, demo, jobs
 from ui.model_load import loading_text
 
 st.set_page_config(page_title="Synapse", page_icon="🧠", layout="wide")
@@ -85,6 +85,7 @@ def model_sidebar():
         st.info("No model loaded.")
         return None
     st.markdown(core.model_status(handle))
+    jobs.queue_sidebar()
     return handle
 
 

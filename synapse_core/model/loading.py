@@ -21,8 +21,10 @@ from ..arch.adapters import Architecture, discover
 from ..common import settings
 from ..common.errors import ModelLoadError
 from ..hooks.dispatch import install_dispatch
+from ..hooks.gate import gate_calls
 from .gguf import bundled_gguf_path, converted_cache, file_fingerprint
 from .placement import parse_device_map, place
+from .queue import enter_current, exit_current
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
@@ -224,6 +226,7 @@ def prepare(model, tokenizer, *, name: str, spec: str = "in memory", fingerprint
         model.eval()
     model.requires_grad_(False)
     install_dispatch(model, arch)
+    gate_calls(model, enter_current, exit_current)  # every forward pass takes a slot in the model-call queue
     eos = set()
     for attr in ("eos_token_id",):
         value = getattr(tokenizer, attr, None)

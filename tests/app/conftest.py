@@ -31,3 +31,13 @@ def run_app_py_like_a_started_server(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(autouse=True)
+def unbounded_model_queue_after():
+    """The app bounds the process-wide model-call queue; later tests (threads racing on purpose) get
+    the engine's unbounded one back."""
+    yield
+    from synapse_core.model import queue
+
+    queue.reset()
