@@ -14,7 +14,7 @@ from ..model.generation import Progress, Sampling, decode
 from ..model.loading import ModelHandle
 from ..model.tokens import encode_prompt, token_strings
 from .composition import composition_scores
-from .tracecapture import Fidelity, StepCapture, check_fidelity
+from .tracecapture import Fidelity, StepCapture, check_fidelity, query_layers
 
 __all__ = ["Fidelity", "Generation", "HeadScore", "PathEdge", "PathHead", "ThoughtPath", "TraceResult", "generate",
            "thought_path", "top_heads", "trace"]
@@ -183,7 +183,7 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
     arch = handle.arch
     masks = normalize_masks(masks, arch)
     input_ids, warnings = encode_prompt(handle, prompt, reserve=max_new_tokens)
-    capture = StepCapture(arch.n_layers, masks, capture_attention)
+    capture = StepCapture(arch.n_layers, masks, capture_attention, query_layers(handle.model, arch.n_layers))
     decoded = decode(handle, input_ids, max_new_tokens, merge_fns(mask_fns(masks), capture.fns()), sampling,
                      progress)  # masks first
     n_steps = len(decoded.ids)
@@ -196,7 +196,7 @@ def trace(handle: ModelHandle, prompt: str, max_new_tokens: int = 20, masks=(),
     if progress:
         progress(n_steps, n_steps, "checking fidelity")
     step_activity = capture.activity(arch)
-    attention = capture.attention(input_ids.shape[1] + n_steps - 1) if capture_attention else None
+    attention = capture.attention(input_ids.shape[1] + n_steps - 1, decoded.cache) if capture_attention else None
     fidelity = check_fidelity(handle, input_ids[0], decoded, masks, capture.unverified(masks))
     head_activity = step_activity.mean(axis=0)
     return TraceResult(

@@ -47,11 +47,18 @@ class StepCapture:
     After the loop: `activity(arch)` (step, layer, head) and `attention(k_len)` (step, layer, head, k_pos).
     Masked heads' largest |z| over every position processed is kept to verify the masks."""
 
-    def __init__(self, n_layers: int, masks: tuple[HeadMask, ...], capture_attention: bool):
+    def __init__(self, n_layers: int, masks: tuple[HeadMask, ...], capture_attention: bool,
+                 query_layers: frozenset[int] = frozenset()):
         self.n_layers = n_layers
         self.capture_attention = capture_attention
         self.z: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # per layer, per step: (head, d_head)
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # per layer, per step: (head, k_pos)
+        # layers whose rows are rebuilt after generation from each step's query row and the cached keys
+        # (see query_layers()); the others read the probabilities at each step
+        edited = {m.layer for m in masks if isinstance(m, HeadMask) and m.level in ("attention", "both")}
+        self.query_layers = frozenset(query_layers) - edited
+        self.queries: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # per step: (head, d_head)
+        self.scale: dict[int, tuple[float, float | None]] = {}  # layer -> (scaling, softcap)
         self.masked: dict[int, list[int]] = {}
         for m in masks:
             if isinstance(m, HeadMask):  # a quarantined feature is not a head: nothing of it reads 0 at attn.z
@@ -61,14 +68,15 @@ class StepCapture:
     def fns(self) -> dict:
         table = {(layer, "attn.z"): [self._read_z(layer)] for layer in range(self.n_layers)}
         if self.capture_attention:
-            table.update({(layer, "attn.pattern"): [self._read_row(layer)] for layer in range(self.n_layers)})
+            table.update({(layer, "attn.pattern"): [self._read_query(layer) if layer in self.query_layers
+                                                    else self._read_row(layer)] for layer in range(self.n_layers)})
         return table
 
     def _read_z(self, layer: int):
         heads = self.masked.get(layer)
 
         def fn(z):  # (batch, pos, head, d_head), masks already applied
-            self.z[layer].append(z[0, -1].detach().float().clone())
+            self.z[layer].append(z[0, -1])  # a view; the pass makes a new z each step and never edits it
             if heads:
                 peak = z[0][:, heads].detach().abs().amax(dim=(0, 2)).float().cpu()
                 old = self.masked_peak.get(layer)
@@ -81,29 +89,73 @@ class StepCapture:
         fn.last_row = True
         return fn
 
+    def _read_query(self, layer: int):
+        def fn(query, scaling, softcap):  # query (batch, head, 1, d_head), after rotary embeddings
+            self.queries[layer].append(query[0, :, -1])
+            self.scale[layer] = (scaling, softcap)
+        fn.query_row = True
+        return fn
+
     def activity(self, arch) -> np.ndarray:
         """|| W_O^h z_h || at each step, layer and head: (step, layer, head)."""
         out = []
         for layer in range(self.n_layers):
             w_o = arch.head_weights(layer)["W_O"].detach().float()  # (head, d_model, d_head)
-            z = torch.stack(self.z[layer]).to(w_o.device).transpose(0, 1)  # (head, step, d_head)
+            z = torch.stack(self.z[layer]).float().to(w_o.device).transpose(0, 1)  # (head, step, d_head)
             out.append(torch.bmm(z, w_o.transpose(1, 2)).norm(dim=-1).T.cpu())  # (step, head)
         return torch.stack(out, dim=1).numpy()
 
-    def attention(self, k_len: int) -> np.ndarray:
-        """(step, layer, head, k_pos): each step's row padded with zeros past its own position (causal)."""
-        n_steps, n_heads = len(self.rows[0]), self.rows[0][0].shape[0]
+    def attention(self, k_len: int, cache) -> np.ndarray:
+        """(step, layer, head, k_pos): each step's row, zeros past its own position (causal).
+
+        Query layers' rows are rebuilt from each step's query and the keys in the generation's KV cache
+        (call this before the cache is cut back): softmax(scaling * q . k) over the keys up to the
+        step's own position, as the fused kernel computed them."""
+        n_steps = len(self.z[0])
+        n_heads = self.z[0][0].shape[0]
         out = torch.zeros(n_steps, self.n_layers, n_heads, k_len)
-        for layer, rows in enumerate(self.rows):
-            for step, row in enumerate(rows):
+        positions = torch.arange(k_len - n_steps, k_len)  # the predicting position of each step
+        for layer in range(self.n_layers):
+            if layer in self.query_layers:
+                out[:, layer] = self._rebuild(layer, cache.layers[layer].keys[0], positions)
+                continue
+            for step, row in enumerate(self.rows[layer]):
                 out[step, layer, :, :row.shape[-1]] = row
         return out.numpy()
+
+    def _rebuild(self, layer: int, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """keys (kv_head, k_pos, d_head) -> probabilities (step, head, k_pos)."""
+        q = torch.stack(self.queries[layer]).float()  # (step, head, d_head)
+        n_steps, n_heads, _ = q.shape
+        kv, k_len = keys.shape[0], keys.shape[1]
+        assert k_len == positions[-1] + 1, (k_len, int(positions[-1]))  # the cache holds every position fed
+        scaling, softcap = self.scale[layer]
+        grouped = q.view(n_steps, kv, n_heads // kv, -1).permute(1, 0, 2, 3).reshape(kv, -1, q.shape[-1])
+        scores = torch.bmm(grouped, keys.float().transpose(1, 2)) * scaling  # (kv, step * group, k_pos)
+        scores = scores.view(kv, n_steps, n_heads // kv, k_len).permute(1, 0, 2, 3).reshape(n_steps, n_heads, k_len)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        future = torch.arange(k_len, device=scores.device)[None, :] > positions.to(scores.device)[:, None]
+        scores = scores.masked_fill(future[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1).cpu()
 
     def unverified(self, masks: tuple[HeadMask, ...]) -> tuple[str, ...]:
         """"L.H" of masked heads that did not read exactly 0 at every position."""
         return tuple(f"{m.layer}.{m.head}" for m in masks if isinstance(m, HeadMask)
                      if m.layer not in self.masked_peak
                      or float(self.masked_peak[m.layer][self.masked[m.layer].index(m.head)]) != 0.0)
+
+
+def query_layers(model, n_layers: int) -> frozenset[int]:
+    """Layers whose attention is plain causal over every cached key (no sliding window), so a step's
+    row can be rebuilt from its query and the KV cache after generation."""
+    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    types = getattr(config, "layer_types", None)
+    if types:
+        return frozenset(i for i, kind in enumerate(types[:n_layers]) if kind == "full_attention")
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return frozenset()
+    return frozenset(range(n_layers))
 
 
 def check_fidelity(handle: ModelHandle, prompt_ids: torch.Tensor, decoded: Decoded, masks: tuple[HeadMask, ...],

@@ -20,7 +20,10 @@ the order given; a hooks() block opened inside another adds its functions after 
 block's. An attn.pattern function with the attribute `last_row = True` promises to only read the
 last query row: when every pattern function on a layer promises that, the layer keeps its fused
 SDPA kernel and only that row of probabilities is computed (batch, head, 1, k_pos); such a
-function that returns a tensor raises HookError, since its edit could not take effect.
+function that returns a tensor raises HookError, since its edit could not take effect. One with
+`query_row = True` is not given probabilities at all: it is called as fn(query, scaling, softcap) with
+the last query row (batch, head, 1, d_head), after rotary embeddings and before scaling, so that a
+reader can rebuild that row's probabilities later from the keys in the KV cache; it must return None.
 
 attn.pattern functions run inside Synapse's attention function, so they need the model's attention
 to run through it: hooks() raises HookError when it does not (another implementation set with
@@ -290,6 +293,13 @@ def synapse_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     owner = _ATTN_LAYER.get(module)
     fns = _fns(owner[0], owner[1], "attn.pattern") if owner else None
     softcap = kwargs.get("softcap")
+    if fns and any(getattr(fn, "query_row", False) for fn in fns):
+        row, scale = query[:, :, -1:], scaling if scaling is not None else query.shape[-1] ** -0.5
+        for fn in fns:
+            if getattr(fn, "query_row", False) and fn(row, scale, softcap) is not None:
+                raise HookError(f"query-row function {getattr(fn, '__name__', fn)!r} on layer {owner[1]} returned a "
+                                "tensor: it reads the query, it cannot edit the attention")
+        fns = [fn for fn in fns if not getattr(fn, "query_row", False)]
     if softcap is None and (not fns or all(getattr(fn, "last_row", False) for fn in fns)):
         out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         if fns:

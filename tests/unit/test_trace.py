@@ -352,3 +352,30 @@ def test_generation_keeps_the_fused_attention_while_reading_the_heads(llama, mon
     np.testing.assert_array_equal(fast.attention, again.attention)
     masked = trace(llama, PROMPT, max_new_tokens=STEPS, masks=[HeadMask(1, 2, "attention")])
     assert calls and masked.attention[:, 1, 2].max() == 0.0  # the masked head's probabilities are edited: eager
+
+
+def test_rows_rebuilt_from_the_cache_equal_the_rows_read_at_each_step(handle, monkeypatch):
+    """Where attention is plain causal, each step's row is rebuilt after generation from its query and
+    the cached keys; that equals reading the probabilities at every step."""
+    from synapse_core.analysis import trace as trace_module
+    from synapse_core.analysis.tracecapture import query_layers
+
+    rebuilt = trace(handle, PROMPT, max_new_tokens=STEPS, masks=[HeadMask(1, 0, "attention")])
+    monkeypatch.setattr(trace_module, "query_layers", lambda model, n: frozenset())
+    read = trace(handle, PROMPT, max_new_tokens=STEPS, masks=[HeadMask(1, 0, "attention")])
+    np.testing.assert_allclose(rebuilt.attention, read.attention, atol=2e-6)
+    assert rebuilt.attention[:, 1, 0].max() == 0.0  # an attention-level mask's layer is read, edited, at each step
+    # sliding-window layers (mistral; the first layer of qwen2, gemma2, gemma3 here) are read at each step
+    sliding = {"mistral": {0, 1}, "qwen2": {0}, "gemma2": {0}, "gemma3_text": {0}}.get(handle.arch.family, set())
+    assert query_layers(handle.model, handle.arch.n_layers) == frozenset(range(handle.arch.n_layers)) - sliding
+
+
+def test_a_query_row_reader_cannot_edit(llama):
+    from synapse_core.hooks.dispatch import HookError, hooks
+
+    def edit(query, scaling, softcap):
+        return query * 0
+
+    edit.query_row = True
+    with pytest.raises(HookError, match="cannot edit"), hooks(llama.model, llama.arch, {(0, "attn.pattern"): [edit]}):
+        llama.model(input_ids=torch.tensor([[1, 2, 3]]))
