@@ -55,3 +55,19 @@ def content_hash(kind: str, config: dict) -> str:
     text = json.dumps({"kind": kind, "engine": engine_version(), "config": _plain(config)}, sort_keys=True,
                       separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Hashed:
+    """A mixin for configs that name their result by content: `kind` and every field, hashed."""
+
+    kind: str
+
+    @property
+    def hash(self) -> str:
+        """The content hash: the store key and the `?experiment=` id."""
+        return content_hash(self.kind, self)
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """The text cut to `limit` characters, the last one an ellipsis when cut (titles in lists)."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..arch.spec import HeadMask, normalize_masks
 from ..common.errors import BadInput, StoreError
+from ..common.hashing import Hashed, shorten
 from ..features.catalog import find_sae
 from ..features.sae import WEIGHTS_FILE, load_sae
 from ..graphs.build import build_graph
@@ -23,7 +24,7 @@ from .store import ResultStore
 
 
 @dataclass(frozen=True)
-class GraphConfig:
+class GraphConfig(Hashed):
     """Everything a graph depends on; its content hash is the store key and the experiment id."""
 
     model: str  # model name
@@ -45,14 +46,8 @@ class GraphConfig:
         return (self.prompt,)
 
     @property
-    def hash(self) -> str:
-        from .store import content_hash
-
-        return content_hash(self.kind, self)
-
-    @property
     def title(self) -> str:
-        prompt = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "\u2026"
+        prompt = shorten(self.prompt)
         versus = f" vs {self.contrast!r}" if self.contrast else ""
         return f"graph \u00b7 {prompt!r} \u2192 {self.target!r}{versus}"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..arch.spec import HeadMask, Intervention, normalize_masks
 from ..common.errors import BadInput, StoreError
-from ..common.hashing import engine_version
+from ..common.hashing import Hashed, engine_version, shorten
 from ..interventions.ablation import AblationResult, ablate
 from ..interventions.metrics import METRICS, check_metric
 from ..interventions.ops import OpSettings
@@ -36,14 +36,14 @@ from ..jobs.config import EngineConfig
 from ..jobs.tasks import run_prompt_set, run_prompt_sweep
 from ..model.generation import Progress
 from ..model.loading import ModelHandle
-from .store import ResultStore, content_hash
+from .store import ResultStore
 
 EXPERIMENT_KINDS = ("ablation", "sweep", "promptset", "promptsweep")
 _HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Hashed):
     """Everything a result depends on. Build with ablation_config / sweep_config / promptset_config."""
 
     kind: str  # ablation | sweep | promptset | promptsweep (a sweep on every prompt of a set)
@@ -79,13 +79,8 @@ class ExperimentConfig:
             raise BadInput(f"an {self.kind} experiment needs at least one intervention")
 
     @property
-    def hash(self) -> str:
-        """The content hash: the store key and the `?experiment=` id."""
-        return content_hash(self.kind, self)
-
-    @property
     def title(self) -> str:
-        prompt = self.prompts[0] if len(self.prompts[0]) <= 40 else self.prompts[0][:39] + "\u2026"
+        prompt = shorten(self.prompts[0])
         if self.kind in ("sweep", "promptsweep"):
             what = ("every head" if self.sweep_sites == ("attn.head",) else
                     f"{len(self.sweep_features)} features of {self.sweep_sites[0]}" if self.sweep_features else

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..analysis.trace import TraceResult, trace
 from ..arch.spec import HeadMask, normalize_masks
 from ..common.errors import StoreError
+from ..common.hashing import Hashed, shorten
 from ..model.generation import Progress, Sampling
 from ..model.loading import ModelHandle
 from .records import Experiment, StoredExperiment, load_experiment
@@ -14,7 +15,7 @@ from .store import ResultStore
 
 
 @dataclass(frozen=True)
-class TraceConfig:
+class TraceConfig(Hashed):
     """Everything a trace depends on; its content hash is the store key and the experiment id."""
 
     model: str  # model name
@@ -34,14 +35,8 @@ class TraceConfig:
         return (self.prompt,)
 
     @property
-    def hash(self) -> str:
-        from .store import content_hash
-
-        return content_hash(self.kind, self)
-
-    @property
     def title(self) -> str:
-        prompt = self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "\u2026"
+        prompt = shorten(self.prompt)
         return f"trace \u00b7 {prompt!r} \u00b7 {self.max_new_tokens} new tokens"
 
 
