@@ -1,4 +1,4 @@
-"""What a quarantine costs: the side effects of a set of head masks, measured before it is set.
+"""What a quarantine costs: the side effects of a set of head or feature masks, measured before it is set.
 
 Against the model with the masks now in force ("before"), the same model with the new masks added
 ("after") is scored on
@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..arch.spec import HeadMask, normalize_masks, parse_head
+from ..arch.spec import FeatureMask, HeadMask, mask_name, normalize_masks, order_masks, parse_head
 from ..common.errors import BadInput
 from ..common.hashing import content_hash
+from ..interventions.featureops import feature_mask, is_feature_name
 from ..interventions.metrics import kl_divergence, next_token_metrics, resolve_target
 from ..interventions.promptset import PromptCase
 from ..model.loading import ModelHandle
@@ -40,8 +41,8 @@ class CostConfig:
     model: str
     fingerprint: str
     dtype: str
-    heads: tuple[HeadMask, ...]  # the masks whose cost is measured, added to `masks`
-    masks: tuple[HeadMask, ...]  # masks in force: the "before" model
+    heads: tuple[HeadMask | FeatureMask, ...]  # the masks whose cost is measured (heads, features), added to `masks`
+    masks: tuple[HeadMask | FeatureMask, ...]  # masks in force: the "before" model
     text_name: str | None  # "corpus held-out split", a file name, or None (no general text)
     text_digest: str | None  # TextDocs.digest
     window: int
@@ -63,25 +64,28 @@ class CostConfig:
 
     @property
     def title(self) -> str:
-        names = ", ".join(f"{m.layer}.{m.head}" for m in self.heads[:6]) + (" \u2026" if len(self.heads) > 6 else "")
+        names = ", ".join(mask_name(m) for m in self.heads[:6]) + (" \u2026" if len(self.heads) > 6 else "")
         return f"cost of quarantining {names or 'nothing'}"
 
     @property
-    def added(self) -> tuple[HeadMask, ...]:
+    def added(self) -> tuple[HeadMask | FeatureMask, ...]:
         """The masks of the "after" model: those in force and the new ones."""
-        return tuple(sorted(set(self.masks) | set(self.heads)))
+        return order_masks((*self.masks, *self.heads))
 
 
 def cost_config(handle: ModelHandle, heads, masks=(), text: TextDocs | None = None, window: int = 256,
                 capabilities=None, targets=(), level: str = "projection", seed: int = 0) -> CostConfig:
-    """Validate a cost request. `heads` are HeadMask, HeadRef or "L.H" (at `level`); a head that does
-    not exist is BadInput naming it."""
+    """Validate a cost request. `heads` are HeadMask, HeadRef or "L.H" (at `level`), and FeatureMask or a
+    feature's name (layers.15.resid.post.sae.1234); a head or feature that does not exist is BadInput naming it."""
     from .capabilities import default_capabilities
 
     wanted = []
     for h in heads:
+        if isinstance(h, str) and is_feature_name(h):
+            wanted.append(feature_mask(h, handle.arch.d_model))
+            continue
         ref = parse_head(h) if isinstance(h, str) else h
-        wanted.append(ref if isinstance(ref, HeadMask) else HeadMask(ref.layer, ref.head, level))
+        wanted.append(ref if isinstance(ref, (HeadMask, FeatureMask)) else HeadMask(ref.layer, ref.head, level))
     new = normalize_masks(wanted, handle.arch)
     if check_window(window) > handle.max_context:
         raise BadInput(f"window {window} is longer than the model's context of {handle.max_context} tokens")
@@ -214,8 +218,8 @@ class CostReport:
         text = None if self.text is None else dict(asdict(self.text), perplexity_change=self.text.perplexity_change)
         return {
             "model": self.model, "fingerprint": self.fingerprint,
-            "heads": [f"{m.layer}.{m.head}" for m in self.heads], "levels": [m.level for m in self.heads],
-            "masks_in_force": [f"{m.layer}.{m.head}" for m in self.masks],
+            "heads": [mask_name(m) for m in self.heads], "levels": [m.level for m in self.heads],
+            "masks_in_force": [mask_name(m) for m in self.masks],
             "perplexity_before": None if text is None else text["perplexity_before"],
             "perplexity_after": None if text is None else text["perplexity_after"],
             "tokens": None if text is None else text["tokens"], "text": text,

@@ -88,9 +88,23 @@ class FeatureMask:
     layer: int  # the layer whose site the feature's SAE reads
     feature: str  # the feature's name: its SAE's name plus the index, layers.15.resid.post.sae.1234
 
+    level = "feature"  # not a field: where a head mask says projection | attention | both
+
     @property
     def short(self) -> str:
         return self.feature
+
+
+def mask_name(mask) -> str:
+    """How a mask of either kind is written: "L.H" for a head, the feature's name for a feature."""
+    return mask.feature if isinstance(mask, FeatureMask) else f"{mask.layer}.{mask.head}"
+
+
+def order_masks(masks) -> tuple:
+    """Masks of either kind, de-duplicated, heads (by layer and head) before features (by layer and name)."""
+    masks = set(masks)
+    return (*sorted(m for m in masks if not isinstance(m, FeatureMask)),
+            *sorted(m for m in masks if isinstance(m, FeatureMask)))
 
 
 def head_masks(masks) -> tuple[HeadMask, ...]:
@@ -122,7 +136,7 @@ def normalize_masks(masks, arch: Architecture) -> tuple[HeadMask | FeatureMask, 
             mask = HeadMask(mask.layer, mask.head)
         arch.check_head(mask.layer, mask.head)
         heads.add(mask)
-    return (*sorted(heads), *sorted(features))
+    return order_masks(heads | features)
 
 
 @dataclass(frozen=True)

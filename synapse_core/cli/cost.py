@@ -1,6 +1,8 @@
-"""`synapse quarantine cost HEADS ...`: what quarantining heads would cost, before it is done.
+"""`synapse quarantine cost HEADS_OR_FEATURES ...`: what quarantining heads or SAE features would cost,
+before it is done.
 
     python -m synapse_core quarantine cost 0.6 23.5 21.3 --json
+    python -m synapse_core quarantine cost 0.6 layers.15.resid.post.sae.1234 --json
     python -m synapse_core quarantine cost 0.6,23.5 --text notes.txt --window 128 --prompt-set mine.txt
 
 Prints perplexity_before, perplexity_after, tokens, capabilities (one entry a group), flipped, seconds
@@ -15,8 +17,10 @@ from . import common as cli
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("cost", help="what quarantining heads would cost: perplexity, capability prompts, target")
-    p.add_argument("heads", nargs="+", metavar="L.H", help="the heads to quarantine (spaces or commas)")
+    p = sub.add_parser("cost", help="what quarantining heads or features would cost: perplexity, capability prompts, "
+                                    "target")
+    p.add_argument("heads", nargs="+", metavar="L.H|FEATURE",
+                   help="the heads (L.H) and SAE features (layers.15.resid.post.sae.1234) to quarantine (spaces or commas)")
     p.add_argument("--level", default="projection", choices=("projection", "attention", "both"))
     p.add_argument("--text", default=None, metavar="FILE", help="score this UTF-8 text instead of the corpus")
     p.add_argument("--tokens", type=int, default=None, help="corpus tokens scored (default 20000)")
@@ -46,20 +50,23 @@ def _prompt_set(path: str | None):
 def run(args) -> None:
     from ..analysis.cost import cost_config
     from ..analysis.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, check_window, corpus_docs, file_docs
-    from ..arch.spec import parse_heads
+    from ..arch.spec import mask_name, parse_heads
     from ..experiments.costs import run_cost
-    from ..governance.maskstore import MaskStore
+    from ..governance.featurestore import in_force
+    from ..interventions.featureops import is_feature_name
     from ..interventions.promptset import PromptCase
 
-    heads = parse_heads(" ".join(args.heads))
+    names = [n for arg in args.heads for n in arg.replace(",", " ").split()]
+    features = [n for n in names if is_feature_name(n)]
+    heads = [*parse_heads(" ".join(n for n in names if n not in features)), *features]
     if not heads:
-        raise BadInput("no heads given: name at least one head as LAYER.HEAD, e.g. 0.6")
+        raise BadInput("no heads or features given: name at least one, e.g. 0.6 or layers.15.resid.post.sae.1234")
     if (args.prompt is None) != (args.target is None):
         raise BadInput("the target behaviour needs both --prompt and --target")
     window = check_window(DEFAULT_WINDOW if args.window is None else args.window)
     caps = _prompt_set(args.prompt_set)
     handle = cli.load(args)
-    masks = [] if args.no_masks else MaskStore().masks(handle)
+    masks = [] if args.no_masks else in_force(handle)
     notes = []
     if args.text is not None:
         text = file_docs(handle, args.text)
@@ -76,7 +83,7 @@ def run(args) -> None:
     payload = dict(r.to_json(), experiment=exp.hash, from_cache=exp.from_cache,
                    perplexity_change=None if r.text is None else r.text.perplexity_change,
                    notes=[*notes, *r.notes, *exp.notes])
-    heads = ", ".join(f"{m.layer}.{m.head}" for m in r.heads)
+    heads = ", ".join(mask_name(m) for m in r.heads)
     stored = ", from the store" if exp.from_cache else ""
     lines = [f"cost of quarantining {heads} (experiment {exp.hash}{stored}, {r.seconds:.1f} s)", r.verdict()]
     lines += [f"  {g.group}: accuracy {g.accuracy_before:.0%} -> {g.accuracy_after:.0%}, agreement {g.agreement:.0%}, "

@@ -1,6 +1,8 @@
 """A quarantined SAE feature on the bundled model: every later run subtracts it exactly as a direct
 zero-ablation of that feature does, lifting the quarantine restores the clean logits exactly, and the
 audit log keeps both changes. Uses the shipped SAE on the residual stream after layer 15."""
+import json
+
 import pytest
 import torch
 
@@ -77,3 +79,24 @@ def test_bad_features_are_refused_by_name(bundled, home):
     with pytest.raises(BadInput, match=f"feature {SAE}.3 is not quarantined"):
         q.remove(bundled, [f"{SAE}.3"])
     assert MaskStore().audit(bundled) == []
+
+
+def test_cost_command_measures_a_feature_and_names_one_that_does_not_exist(bundled, home, strongest, capsys):
+    from synapse_core.cli.main import main
+
+    text = home / "text.txt"
+    text.write_text("The Eiffel Tower is in Paris, the capital of France. " * 40)
+    prompts = home / "prompts.txt"
+    prompts.write_text("[capitals]\nThe Eiffel Tower is in the city of | Paris\nThe capital of Italy is | Rome\n")
+    base = ["quarantine", "cost", "--model", "bundled", "--text", str(text), "--window", "64",
+            "--prompt-set", str(prompts), "--json"]
+    assert main([*base[:2], strongest, *base[2:]]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["heads"] == [strongest] and out["levels"] == ["feature"]
+    assert out["perplexity_after"] != out["perplexity_before"]  # the feature's part of the stream is gone
+    (group,) = out["capabilities"]
+    assert out["tokens"] > 64 and group["prompts"] == 2 and group["mean_kl"] > 0
+
+    assert main([*base[:2], "0.6", f"{SAE}.99999", *base[2:]]) != 0
+    err = capsys.readouterr().err
+    assert f"feature 99999 does not exist: {SAE} has features 0-4607" in err
