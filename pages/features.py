@@ -4,6 +4,7 @@ from streamlit_agraph import agraph
 
 from synapse_core.common.errors import SynapseError
 from ui import core, feature_link
+from ui import feature_training as uf_train
 from ui import features as uf
 
 st.title("Features")
@@ -11,6 +12,8 @@ handle = core.require_model()
 st.caption("Directions in the model's activations that a sparse autoencoder (Top-K, SAELens format) found on "
            "held-out text. Everything below is read from the statistics stored with the SAE; only shading every "
            "token of the top contexts runs the model.")
+with st.expander("Train an SAE on this model", expanded=st.session_state.get(uf_train.TRAIN_JOB) is not None):
+    uf_train.section(handle)
 saes = {s.name: s for s in uf.saes() if s.d_in == handle.arch.d_model}
 if not saes:
     st.info("No SAE for this model: run `make features`, or `synapse features train --site layers.L.resid.post`.")
