@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from ..common.errors import SynapseError
+from ..common.errors import BadInput, SynapseError
 
 
 class CliError(SynapseError):
@@ -67,3 +68,21 @@ def run_masks(args, handle) -> list:
 
 def emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload) if args.json else text)
+
+
+def read_prompt_file(path: str, what: str) -> list:
+    """The cases of a prompt-set file: `prompt | target | contrast` lines, or a .csv with columns prompt,
+    target[, contrast]. `what` names the file in errors ("prompt set", "prompts file")."""
+    from ..interventions.promptset import parse_prompt_csv, parse_prompt_lines
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise BadInput(f"{what} {file} does not exist")
+    try:
+        if file.suffix.lower() == ".csv":
+            return parse_prompt_csv(file.read_bytes())
+        return parse_prompt_lines(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{what} {file} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {file}: {exc.strerror or exc}") from None

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ..common.errors import BadInput
 from . import common as cli
@@ -34,23 +33,11 @@ def _discover_args(p):
 
 
 def _cases(args):
-    from ..interventions.promptset import parse_prompt_csv, parse_prompt_lines
-
     if not args.prompts_file:
         return None
-    path = Path(args.prompts_file)
-    if not path.is_file():
-        raise BadInput(f"prompts file {path} does not exist")
     if args.prompt or args.target:
         raise BadInput("give either --prompts-file or --prompt/--target, not both")
-    try:
-        if path.suffix.lower() == ".csv":
-            return parse_prompt_csv(path.read_bytes())
-        return parse_prompt_lines(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"prompts file {path} is not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise BadInput(f"cannot read prompts file {path}: {exc.strerror}") from None
+    return cli.read_prompt_file(args.prompts_file, "prompts file")
 
 
 def _discover(args):

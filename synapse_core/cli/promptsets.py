@@ -10,7 +10,6 @@ effect), the aggregate and `experiment`: the same hash whichever engine ran it.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ..common.errors import BadInput
 from . import common as cli
@@ -29,23 +28,13 @@ def add_job_args(p) -> None:
 
 def read_cases(args):
     """The cases of --prompt-set, or None without it; --prompt/--target/--contrast are refused beside it."""
-    from ..interventions.promptset import parse_prompt_csv, parse_prompt_lines
-
     if not args.prompt_set:
         if args.engine or args.ray_address or args.ray_actors is not None:
             raise BadInput("--engine, --ray-address and --ray-actors apply to --prompt-set runs only")
         return None
     if args.prompt or args.target or args.contrast:
         raise BadInput("give either --prompt-set or --prompt/--target/--contrast, not both")
-    path = Path(args.prompt_set).expanduser()
-    try:
-        if path.suffix.lower() == ".csv":
-            return parse_prompt_csv(path.read_bytes())
-        return parse_prompt_lines(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"prompt set {path} is not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise BadInput(f"cannot read prompt set {path}: {exc.strerror or exc}") from None
+    return cli.read_prompt_file(args.prompt_set, "prompt set")
 
 
 def require_prompt(args) -> None:
