@@ -169,7 +169,7 @@ def test_sweep_over_a_prompt_set_prints_each_map_and_their_mean(model_dir, promp
 @pytest.mark.parametrize("argv, named", [
     (["--prompt", PROMPT, "--target", "Paris", "--engine", "ray"], "--prompt-set runs only"),
     (["--prompt-set", "PF", "--prompt", PROMPT], "not both"),
-    (["--prompt-set", "/nowhere/set.txt"], "cannot read prompt set /nowhere/set.txt"),
+    (["--prompt-set", "/nowhere/set.txt"], "prompt set /nowhere/set.txt does not exist"),
     ([], "give --prompt and --target"),
 ])
 def test_prompt_set_arguments_are_checked(model_dir, prompt_file, capsys, argv, named):
@@ -184,3 +184,17 @@ def test_a_model_built_in_memory_is_refused_by_the_ray_engine_by_name(llama):
 
     with pytest.raises(JobError, match=f"model {llama.name} was built in memory"):
         WorkerPool(llama, EngineConfig("ray"))
+
+
+def test_a_cancelled_experiment_stores_nothing_and_a_finished_one_is_stored(llama, tmp_path):
+    from synapse_core.experiments.records import promptset_config, run_experiment
+    from synapse_core.experiments.store import ResultStore
+
+    store = ResultStore(tmp_path / "results")
+    config = promptset_config(llama, CASES, [Intervention(0, "attn.head", "zero", head=1)])
+    seen = []
+    with pytest.raises(JobCancelled, match="after 2 of 3"):
+        run_experiment(llama, config, store, progress=lambda d, t, m: seen.append(d), cancel=lambda: bool(seen))
+    assert store.keys() == []
+    exp = run_experiment(llama, config, store, cancel=lambda: False)
+    assert store.keys() == [exp.hash] and not exp.from_cache and len(exp.result.rows) == 3
