@@ -4,10 +4,18 @@
       Database <model name>
         DatabaseSchema Transformer_Graph
           Table Prompt_Ingress   (prompt_tokens)
-          Table Layer_0 ... Layer_{n-1}, Column Head_0 ... Head_{h-1} (FLOAT)
+          Table Layer_0 ... Layer_{n-1}, Column Head_0 ... Head_{h-1} (FLOAT),
+                and a Column Feature_<name> (FLOAT) per quarantined SAE feature read at that layer
           Table Response_Egress  (next_token)
     Lineage  Prompt_Ingress -> Layer_0 -> ... -> Layer_{n-1} -> Response_Egress
     Classification SynapseQuarantine, Tag DEFECTIVE on the Head column of every quarantined head
+    and on every Feature column
+
+A quarantined feature is a column of its layer's table rather than a tag named after it on the table:
+OpenMetadata's tags are a governed vocabulary (a tag per feature would flood the classification with
+thousands of one-use terms), while a column carries what a head's does: the same DEFECTIVE tag, the
+evidence in its description, search and column-level lineage, and it sits beside the heads of its
+layer, where a data steward looks. The column exists while the quarantine does.
 
 Pure data built from (model name, n_layers, n_heads): no client, no network, no SDK import, so
 the embedded view costs nothing. openmetadata.py turns it into the SDK's create requests.
@@ -18,6 +26,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from ..common.errors import BadInput
 
@@ -31,6 +40,7 @@ TAG_FQN = f"{CLASSIFICATION}.{TAG}"
 INGRESS_COLUMN = "prompt_tokens"
 EGRESS_COLUMN = "next_token"
 
+FEATURE_PREFIX = "Feature_"
 _LAYER_RE = re.compile(r"^Layer_(\d+)$")
 _HEAD_RE = re.compile(r"^Head_(\d+)$")
 
@@ -41,6 +51,16 @@ def layer_table(layer: int) -> str:
 
 def head_column(head: int) -> str:
     return f"Head_{head}"
+
+
+def feature_column(feature: str) -> str:
+    """The column of a quarantined feature: Feature_layers_15_resid_post_sae_1234 (no dots: they would need
+    quoting in every fully qualified name); the exact name is in its description."""
+    return FEATURE_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", feature)
+
+
+def feature_text(feature: str) -> str:
+    return f"SAE feature {feature}, quarantined: zero-ablated at its SAE's site in every run (error term kept)."
 
 
 def parse_layer_table(name: str) -> int | None:
@@ -57,10 +77,12 @@ def parse_head_column(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class CatalogColumn:
-    name: str  # Head_N, or the ingress/egress column
-    data_type: str  # OpenMetadata DataType name: FLOAT for heads, STRING for tokens
+    name: str  # Head_N, Feature_<name>, or the ingress/egress column
+    data_type: str  # OpenMetadata DataType name: FLOAT for heads and features, STRING for tokens
     description: str
     head: int | None = None  # the head this column stands for
+    feature: str | None = None  # the quarantined feature this column stands for (layers.15.resid.post.sae.1234)
+    tags: tuple[str, ...] = ()  # tags the column is created with (DEFECTIVE on a feature's)
 
 
 @dataclass(frozen=True)
@@ -117,10 +139,12 @@ def head_role_text(layer: int, head: int, role: str | None = None) -> str:
 
 
 def build_catalog(model: str, n_layers: int, n_heads: int, roles: Mapping[tuple[int, int], str] | None = None,
-                  fingerprint: str | None = None) -> Catalog:
+                  fingerprint: str | None = None, features: Iterable = ()) -> Catalog:
     """The catalog of a model with n_layers x n_heads attention heads.
 
     roles: a description of what a head does where known, e.g. {(3, 1): "previous-token head"}.
+    features: quarantined features (FeatureEntry-like: feature, layer, the evidence), each a DEFECTIVE
+    column of its layer's table with the evidence in its description.
 
     >>> cat = build_catalog("SmolLM2-135M-Instruct", 30, 9)
     >>> [t.name for t in cat.tables][:3], len(cat.edges)
@@ -136,11 +160,19 @@ def build_catalog(model: str, n_layers: int, n_heads: int, roles: Mapping[tuple[
     for layer, head in roles:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise BadInput(f"role given for head {layer}.{head}, which does not exist in {n_layers} x {n_heads}")
+    by_layer: dict[int, list] = {}
+    for entry in features:
+        if not 0 <= entry.layer < n_layers:
+            raise BadInput(f"feature {entry.feature} sits at layer {entry.layer}, which {model} does not have")
+        by_layer.setdefault(entry.layer, []).append(entry)
     tables = [CatalogTable(INGRESS, "Prompt tokens entering the model.",
                            (CatalogColumn(INGRESS_COLUMN, "STRING", "The prompt's tokens."),))]
     for layer in range(n_layers):
         columns = tuple(CatalogColumn(head_column(h), "FLOAT", head_role_text(layer, h, roles.get((layer, h))), h)
-                        for h in range(n_heads))
+                        for h in range(n_heads)) + tuple(
+            CatalogColumn(feature_column(e.feature), "FLOAT", with_evidence(feature_text(e.feature), e),
+                          feature=e.feature, tags=(TAG_FQN,)) for e in sorted(by_layer.get(layer, ()),
+                                                                            key=lambda e: e.feature))
         tables.append(CatalogTable(layer_table(layer), f"Decoder layer {layer}: its {n_heads} attention heads.",
                                    columns, layer))
     tables.append(CatalogTable(EGRESS, "The next token the model emits.",
@@ -218,6 +250,8 @@ def catalog_rows(catalog: Catalog, entries: Iterable = ()) -> list[CatalogRow]:
     for table in catalog.tables:
         for col in table.columns:
             entry = by_head.get((table.layer, col.head)) if col.head is not None else None
+            if col.feature is not None:  # the feature's evidence is its column's description
+                entry = SimpleNamespace(**{"level": "feature", **parse_evidence(col.description)})
             rows.append(CatalogRow(
                 table=table.name, column=col.name, data_type=col.data_type, description=col.description,
                 layer=table.layer, head=col.head, tags=(TAG_FQN,) if entry else (),

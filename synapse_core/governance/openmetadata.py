@@ -213,7 +213,7 @@ class OMClient:
                     columns.append(Column(
                         name=col.name, dataType=DataType(col.data_type),
                         description=(model_str(have.description) if have and have.description else col.description),
-                        tags=list(have.tags) if have and have.tags else None,
+                        tags=list(have.tags) if have and have.tags else [_tag_label()] if col.tags else None,
                     ))
                 request = CreateTableRequest(
                     name=table.name, databaseSchema=schema_fqn(catalog), columns=columns,

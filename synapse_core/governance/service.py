@@ -24,6 +24,7 @@ from ..common.errors import BadInput, SynapseError
 from ..common.files import atomic_write_json, read_json
 from .catalog import Catalog, CatalogRow, build_catalog, catalog_rows, thought_path_edges
 from .changeevents import apply_changes, event_time, table_layers, tag_changes
+from .featurestore import FeatureQuarantine
 from .maskstore import (
     AuditRecord,
     MaskEntry,
@@ -145,7 +146,8 @@ class Governance:
     def catalog(self, roles=None) -> Catalog:
         """The model as catalog data; roles: {(layer, head): "what it does"} where known."""
         ident = self.identity
-        return build_catalog(ident.name, ident.n_layers, ident.n_heads, roles, ident.fingerprint)
+        return build_catalog(ident.name, ident.n_layers, ident.n_heads, roles, ident.fingerprint,
+                             FeatureQuarantine(self.store).list(ident))
 
     def view(self, roles=None) -> list[CatalogRow]:
         """The embedded catalog: every column, quarantined heads tagged DEFECTIVE."""
