@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..arch.spec import HeadMask, HeadRef, Intervention, normalize_masks
+from ..arch.spec import HeadMask, HeadRef, Intervention, head_masks, normalize_masks
 from ..common.errors import BadInput
 from ..common.hashing import content_hash
 from ..interventions.metrics import resolve_target
@@ -244,7 +244,7 @@ def discovery_config(handle: ModelHandle, prompt: str | None = None, target: str
     pairs = _check_range("max_pair_sweeps", max_pair_sweeps, PAIR_RANGE)
     draws = _check_range("baseline_draws", baseline_draws, (MIN_DRAWS, 10_000))
     masks = normalize_masks(masks, handle.arch)
-    available = handle.arch.n_layers * handle.arch.n_heads - len({m.ref for m in masks})
+    available = handle.arch.n_layers * handle.arch.n_heads - len({m.ref for m in head_masks(masks)})
     if top_k > available:
         raise BadInput(f"top_k_heads {top_k} is more than the {available} unmasked heads of the model")
     verify = _check_range("verify_heads", verify_heads, (1, 10_000))
@@ -329,7 +329,7 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
     estimates, estimate_std = per_prompt.mean(0), per_prompt.std(0)
     ranking = np.stack([a.ranking.numpy() for a in atts]).mean(0)  # (layer, head): larger ranks first
 
-    masked = {m.ref for m in masks}
+    masked = {m.ref for m in head_masks(masks)}
     pool = [HeadRef(layer, head) for layer in range(arch.n_layers) for head in range(arch.n_heads)
             if HeadRef(layer, head) not in masked]
     by_estimate = sorted(pool, key=lambda r: (-float(ranking[r.layer, r.head]), r))

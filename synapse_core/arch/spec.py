@@ -89,6 +89,7 @@ class FeatureMask:
     feature: str  # the feature's name: its SAE's name plus the index, layers.15.resid.post.sae.1234
 
     level = "feature"  # not a field: where a head mask says projection | attention | both
+    head = None  # not a field: a feature mask masks no head (readers keyed by (layer, head) match none)
 
     @property
     def short(self) -> str:

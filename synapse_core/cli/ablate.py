@@ -61,6 +61,8 @@ def _settings(args):
 
 
 def _say(exp, result) -> None:
+    from ..arch.spec import mask_name
+
     if exp.from_cache:
         print(f"note: answered from the store (experiment {exp.hash})", file=sys.stderr)
     for line in (*exp.notes, *result.notes):
@@ -68,7 +70,7 @@ def _say(exp, result) -> None:
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
     if result.masks:
-        print("note: masked heads: " + ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masks), file=sys.stderr)
+        print("note: masked heads: " + ", ".join(f"{mask_name(m)} ({m.level})" for m in result.masks), file=sys.stderr)
 
 
 # ---- ablate ---------------------------------------------------------------------------------

@@ -55,14 +55,14 @@ def load(args):
 
 
 def run_masks(args, handle) -> list:
-    """Masks for this run: --mask heads, plus the stored quarantine list unless --no-masks."""
+    """Masks for this run: --mask heads, plus the stored quarantine (heads, then features) unless --no-masks."""
     from ..arch.spec import HeadMask, normalize_masks, parse_heads
 
     masks = [HeadMask(h.layer, h.head, args.mask_level) for h in parse_heads(args.mask)]
     if not args.no_masks:
-        from ..governance.maskstore import MaskStore
+        from ..governance.featurestore import in_force
 
-        masks.extend(MaskStore().masks(handle))  # the quarantine list in force for this model
+        masks.extend(in_force(handle))  # the quarantine in force for this model
     return list(normalize_masks(masks, handle.arch))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ..common.errors import BadInput
 from . import common as cli
@@ -33,17 +33,18 @@ def _report_json(gov, report) -> dict:
 
 def _quarantine_args(p):
     sub = p.add_subparsers(dest="action", required=True)
-    add = sub.add_parser("add", help="quarantine heads: every later run masks them")
-    add.add_argument("heads", nargs="+", metavar="L.H")
+    add = sub.add_parser("add", help="quarantine heads or SAE features: every later run masks them")
+    add.add_argument("heads", nargs="+", metavar="L.H|FEATURE", help="heads, and features such as "
+                     "layers.15.resid.post.sae.1234 (zero-ablated at their SAE's site, error term kept)")
     add.add_argument("--reason", required=True, help="why the head is harmful")
     add.add_argument("--experiment", default=None, metavar="HASH", help="the experiment that proved it")
     add.add_argument("--level", default="projection", choices=("projection", "attention", "both"))
     add.add_argument("--effect", default=None, help="the verified effect, e.g. \"p(' Paris') 0.81 -> 0.02\"")
     add.add_argument("--prompt", default=None, help="the evidence prompt")
     add.add_argument("--target", default=None, help="the unwanted token the evidence prompt produced")
-    remove = sub.add_parser("remove", help="release heads from quarantine")
-    remove.add_argument("heads", nargs="+", metavar="L.H")
-    sub.add_parser("list", help="the quarantined heads")
+    remove = sub.add_parser("remove", help="release heads or features from quarantine")
+    remove.add_argument("heads", nargs="+", metavar="L.H|FEATURE")
+    sub.add_parser("list", help="the quarantined heads and features")
     sub.add_parser("clear", help="release every head of the model")
     audit = sub.add_parser("audit", help="the audit log of every change")
     audit.add_argument("--limit", type=int, default=None)
@@ -57,11 +58,15 @@ def _quarantine(args):
     if args.action == "cost":
         return cost_cli.run(args)
     gov = _governance(args)
-    if args.action == "add":
-        report = gov.quarantine(args.heads, args.reason, args.level, args.experiment, args.effect, args.prompt,
-                                args.target)
-    elif args.action == "remove":
-        report = gov.release(args.heads)
+    if args.action in ("add", "remove") and (features := _features(args)):
+        from ..governance.featuregov import quarantine_features, release_features
+
+        report = (quarantine_features(gov, features, args.reason, args.experiment, args.effect, args.prompt,
+                                      args.target) if args.action == "add" else release_features(gov, features))
+        if args.heads:  # heads too: their change after the features', one report a line
+            report = replace(report, message=report.message + " " + _heads_change(gov, args).message)
+    elif args.action in ("add", "remove"):
+        report = _heads_change(gov, args)
     elif args.action == "clear":
         report = gov.clear()
     elif args.action == "audit":
@@ -71,14 +76,35 @@ def _quarantine(args):
         return cli.emit(args, {"model": gov.identity.name, "audit": [asdict(r) for r in records]},
                         "\n".join(lines) or "no changes recorded")
     else:  # list
-        entries = gov.masks()
+        from ..governance.featurestore import FeatureQuarantine
+
+        entries, features = gov.masks(), FeatureQuarantine(gov.store).list(gov.identity)
         payload = {"model": gov.identity.name, "fingerprint": gov.identity.fingerprint, "masked_heads": [
             {"layer": e.layer, "head": e.head, "reason": e.reason, "experiment": e.experiment, "at": e.at,
-             "level": e.level, "by": e.by} for e in entries]}
+             "level": e.level, "by": e.by} for e in entries], "masked_features": [
+            {"feature": e.feature, "layer": e.layer, "reason": e.reason, "experiment": e.experiment, "at": e.at,
+             "by": e.by} for e in features]}
         lines = [f"{e.short}  {e.level:<10} {e.at}  {e.by}: {e.reason}" + (f" [{e.experiment}]" if e.experiment else "")
-                 for e in entries]
+                 for e in [*entries, *features]]
         return cli.emit(args, payload, "\n".join(lines) or f"no heads quarantined for {gov.identity.name}")
     cli.emit(args, _report_json(gov, report), report.message)
+
+
+def _features(args) -> list[str]:
+    """The feature names among args.heads, taken out of it (what is left are heads)."""
+    from ..interventions.featureops import is_feature_name
+
+    names = [n for arg in args.heads for n in arg.replace(",", " ").split()]
+    features = [n for n in names if is_feature_name(n)]
+    args.heads = [n for n in names if n not in features]
+    return features
+
+
+def _heads_change(gov, args):
+    if args.action == "add":
+        return gov.quarantine(args.heads, args.reason, args.level, args.experiment, args.effect, args.prompt,
+                              args.target)
+    return gov.release(args.heads)
 
 
 # ---- om --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from ..arch.spec import normalize_masks
+from ..arch.spec import feature_masks, normalize_masks
 from ..common.errors import BadInput
 from ..interventions.metrics import Target, resolve_target
 from ..model.loading import ModelHandle
@@ -82,6 +82,9 @@ def build_graph(handle: ModelHandle, prompt: str, target: str, contrast: str | N
     """
     parts_of(handle)
     masks = normalize_masks(masks, handle.arch)
+    if features := feature_masks(masks):  # an SAE's edit is not linear in the stream: the graph would not add up
+        raise BadInput(f"a graph cannot hold quarantined features yet ({', '.join(m.feature for m in features)}): "
+                       "lift them, or build it on the raw model")
     ids, warnings = encode_prompt(handle, prompt)
     check_size(handle, ids.shape[1])
     tgt = graph_target(handle, target, contrast)

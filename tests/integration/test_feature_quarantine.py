@@ -100,3 +100,19 @@ def test_cost_command_measures_a_feature_and_names_one_that_does_not_exist(bundl
     assert main([*base[:2], "0.6", f"{SAE}.99999", *base[2:]]) != 0
     err = capsys.readouterr().err
     assert f"feature 99999 does not exist: {SAE} has features 0-4607" in err
+
+
+def test_quarantine_commands_add_list_and_remove_a_feature(bundled, home, strongest, capsys):
+    from synapse_core.cli.main import main
+
+    base = ["--model", "bundled", "--by", "tester", "--json"]
+    assert main(["quarantine", "add", strongest, "--reason", "fires on ' Paris'", *base]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] == [strongest]
+    assert main(["quarantine", "list", *base]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["masked_heads"] == [] and [f["feature"] for f in listed["masked_features"]] == [strongest]
+    assert in_force(bundled) == [FeatureMask(15, strongest)]
+    assert main(["trace", "--prompt", PROMPT, "--model", "bundled"]) != 0  # refused by name, never ignored
+    assert f"the trace cannot run with quarantined features yet ({strongest})" in capsys.readouterr().err
+    assert main(["quarantine", "remove", strongest, *base]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] == [strongest] and in_force(bundled) == []
