@@ -25,6 +25,10 @@ info = saes[name]
 cards = uf.quality_cards(info)
 for col, card in zip(st.columns(len(cards)) if cards else [], cards):
     col.metric(**card, border=True)
+if info.hook_name_out and not info.has_stats:
+    st.info(f"{name} is a transcoder ({info.hook_name} → {info.hook_name_out}): attribution graphs put its features "
+            f"in place of layer {info.layer}'s MLP (`synapse graph --transcoder {name}`); it has no feature statistics.")
+    st.stop()
 if not info.has_stats:
     st.info(f"{name} has no feature statistics yet: run `synapse features eval {name}`.")
     st.stop()

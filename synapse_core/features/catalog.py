@@ -36,6 +36,7 @@ class SAEInfo:
     hook_name: str  # blocks.15.hook_resid_post
     quality: dict = field(default_factory=dict)  # evaluate.Quality fields; empty when never evaluated
     has_stats: bool = False
+    hook_name_out: str | None = None  # a transcoder: the site it reconstructs (None for an SAE)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -83,7 +84,7 @@ def _info(folder: Path) -> SAEInfo:
         quality = json.loads(stats_path.read_text()).get("quality", {})
     name = folder.name if folder.name.endswith(".sae") else f"{site.name}.sae"
     return SAEInfo(name, site.layer, site.site, folder, cfg.d_in, cfg.d_sae, cfg.k, cfg.hook_name, quality,
-                   stats_path.exists())
+                   stats_path.exists(), cfg.hook_name_out)
 
 
 def list_saes(dirs: list[Path] | None = None) -> list[SAEInfo]:
