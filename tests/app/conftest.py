@@ -1,9 +1,32 @@
 """Every app test starts with empty Streamlit caches. Results the engine's ResultStore keeps on disk
 (under the session's SYNAPSE_HOME) are shared, so a request repeated in a later test is answered
-from the store instead of being traced again."""
+from the store instead of being traced again; so are the loaded weights of each model spec (the
+engine's load_model is memoised for the test process), so that a test pays for its page, not for a
+model load."""
 import pytest
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
+
+
+_LOADED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def loaded_models_are_shared(monkeypatch):
+    """synapse_core.load_model(spec), as the app's cached loader calls it, loads each spec once per test
+    process; a load that fails is not remembered, so it fails again."""
+    import synapse_core
+
+    original = synapse_core.load_model
+
+    def load_model(spec=None, *args, **kwargs):
+        if args or kwargs:
+            return original(spec, *args, **kwargs)
+        if spec not in _LOADED:
+            _LOADED[spec] = original(spec)
+        return _LOADED[spec]
+
+    monkeypatch.setattr(synapse_core, "load_model", load_model)
 
 
 @pytest.fixture(autouse=True)
