@@ -1,7 +1,7 @@
 """Synapse: look inside a language model. Entrypoint: `streamlit run app.py`."""
 import streamlit as st
 
-from synapse_core.arch.spec import MASK_LEVELS
+from synapse_core.arch.spec import MASK_LEVELS, mask_name
 from synapse_core.common.errors import SynapseError
 from ui import core, demo, jobs
 from ui.model_load import loading_text
@@ -115,7 +115,7 @@ def mask_sidebar(handle):
     except SynapseError as exc:
         core.show_error(exc)
         return
-    lines = [f"{name}: " + ", ".join(f"`{m.layer}.{m.head}` ({m.level})" for m in masks)
+    lines = [f"{name}: " + ", ".join(f"`{mask_name(m)}` ({m.level})" for m in masks)
              for name, masks in (("quarantine", quarantine), ("session", session)) if masks]
     if lines:
         st.markdown("  \n".join(lines))

@@ -6,6 +6,7 @@ from synapse_core.arch.spec import MASK_LEVELS, parse_heads
 from synapse_core.common.errors import BadInput, SynapseError
 from ui import core
 from ui import cost as ucost
+from ui import feature_quarantine as ufq
 from ui import trace as ui_trace
 
 st.title("Governance")
@@ -43,6 +44,7 @@ def clear(g):
 
 try:
     status, masks, pending = core.governance_status(gov), gov.masks(), gov.pending()
+    listed = [*masks, *ufq.entries(gov)]  # the mask table: heads, then features
 except SynapseError as exc:  # a damaged mask list or outbox: say which file, never repair it silently
     core.show_error(exc)
     st.stop()
@@ -51,7 +53,7 @@ mode_col.metric("Governed in", "OpenMetadata" if gov.config else "Embedded", bor
                 help=gov.config.server if gov.config else "this machine's mask store; no server configured")
 version_col.metric("Server version", status.server_version or "–", border=True,
                    help=f"SDK (openmetadata-ingestion) {status.client_version or 'not installed'}")
-masked_col.metric("Quarantined heads", len(masks), border=True)
+masked_col.metric("Quarantined heads", len(masks), border=True, help=f"and {len(listed) - len(masks)} SAE feature(s)")
 outbox_col.metric("Outbox", len(pending), border=True, help="changes waiting to be sent to OpenMetadata")
 if status.error:
     st.error(core.connection_text(status))
@@ -84,13 +86,14 @@ try:
     audit, audit_error = gov.audit(), None
 except SynapseError as exc:  # damaged lines in the audit log: reported, never skipped
     audit, audit_error = [], exc
-table = core.mask_table(masks)
+table = core.mask_table(listed)
 st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": core.experiment_column()})
 csv_col, json_col = st.columns(2)
-csv_col.download_button("Mask table (CSV)", core.mask_table(masks, links=False).to_csv(index=False),
+csv_col.download_button("Mask table (CSV)", core.mask_table(listed, links=False).to_csv(index=False),
                         file_name=f"quarantine-{handle.fingerprint}.csv", mime="text/csv", key="gov_download_masks_csv")
-json_col.download_button("Mask table (JSON)", core.records_json(masks), file_name=f"quarantine-{handle.fingerprint}.json",
+json_col.download_button("Mask table (JSON)", core.records_json(listed), file_name=f"quarantine-{handle.fingerprint}.json",
                          mime="application/json", key="gov_download_masks_json")
+ufq.section(act, show_report)
 if audit_error:
     core.show_error(audit_error)
 with st.expander(f"Audit log, newest first ({len(audit)})"):

@@ -19,14 +19,22 @@ import synapse_core
 from synapse_core.analysis.influence import InfluenceResult, token_influence
 from synapse_core.analysis.patterns import attention_matrix
 from synapse_core.analysis.trace import TraceResult
-from synapse_core.arch.spec import MASK_LEVELS, HeadMask, normalize_masks, parse_heads
+from synapse_core.arch.spec import (
+    MASK_LEVELS,
+    FeatureMask,
+    HeadMask,
+    feature_masks,
+    head_masks,
+    normalize_masks,
+    parse_heads,
+)
 from synapse_core.common import settings
 from synapse_core.common.errors import BadInput, StoreError, SynapseError
 from synapse_core.experiments import records as _experiments
 from synapse_core.experiments import traces as trace_store
 from synapse_core.experiments.store import ResultStore
 from synapse_core.experiments.traces import trace_experiment_config
-from synapse_core.governance.maskstore import MaskStore
+from synapse_core.governance.featurestore import in_force
 from synapse_core.governance.omconfig import OMConfig, config_from_secrets
 from synapse_core.governance.service import Governance, GovernanceStatus
 
@@ -112,6 +120,9 @@ def result_store(path: str) -> ResultStore:
 def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress, on_generated=None) -> TraceRun:
     """Trace through the result store: the same request twice is answered from disk. on_generated
     sees the generated tokens before the heads are read (the page shows them first)."""
+    if features := feature_masks(masks):  # the trace reads and verifies masks head by head
+        raise BadInput(f"the trace cannot run with quarantined features yet ({', '.join(m.feature for m in features)}): "
+                       "lift them on Governance, or switch on the raw model in the sidebar")
     config = trace_experiment_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
     exp = trace_store.run_trace(handle, config, result_store(str(settings.subdir("results"))), progress,
                                 on_generated=on_generated)
@@ -285,22 +296,24 @@ def connection_text(status: GovernanceStatus) -> str:
     return status.error  # the client's message names the server and what to check
 
 
-def quarantine_masks(handle) -> tuple[HeadMask, ...]:
-    """The model's stored quarantine, or () when this session asked for the raw model."""
+def quarantine_masks(handle) -> tuple[HeadMask | FeatureMask, ...]:
+    """The model's stored quarantine (heads, then features), or () when this session asked for the raw model."""
     if st.session_state.get(RAW_MODEL):
         return ()
-    return tuple(MaskStore().masks(handle))
+    return tuple(in_force(handle))
 
 
-def masks_in_force(handle) -> tuple[HeadMask, ...]:
-    """What every run of this session applies: the stored quarantine (unless the raw-model toggle is
-    on) and the session masks. A head in both at different levels is masked at "both", so it counts
-    once. SynapseError when a mask does not fit the model."""
+def masks_in_force(handle) -> tuple[HeadMask | FeatureMask, ...]:
+    """What every run of this session applies: the stored quarantine of heads and features (unless the
+    raw-model toggle is on) and the session masks. A head in both at different levels is masked at
+    "both", so it counts once. SynapseError when a mask does not fit the model."""
     levels: dict[tuple[int, int], str] = {}
-    for m in (*quarantine_masks(handle), *session_masks(handle)):
+    quarantine = quarantine_masks(handle)
+    for m in (*head_masks(quarantine), *session_masks(handle)):
         old = levels.get((m.layer, m.head))
         levels[(m.layer, m.head)] = m.level if old in (None, m.level) else "both"
-    return normalize_masks([HeadMask(l, h, level) for (l, h), level in levels.items()], handle.arch)
+    return normalize_masks([*(HeadMask(l, h, level) for (l, h), level in levels.items()),
+                            *feature_masks(quarantine)], handle.arch)
 
 
 def experiment_url(key: str | None) -> str | None:

@@ -11,10 +11,11 @@ from app_helpers import PROMPT, chart_frames, metrics, run_trace
 from app_helpers import app as fresh_app
 
 from ui import core
+from ui import feature_quarantine as ufq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the omstub package
 from omstub import OMStub  # noqa: E402
-from synapse_core.governance.catalog import TAG_FQN  # noqa: E402
+from synapse_core.governance.catalog import TAG_FQN, feature_column  # noqa: E402
 from synapse_core.governance.omconfig import HOST_ENV, TOKEN_ENV  # noqa: E402
 
 TOKEN = "eyJraWQiOiJhcHAtdGVzdCJ9.Ym90.sig-app"
@@ -210,3 +211,42 @@ def test_openmetadata_bootstrap_quarantine_then_server_down_keeps_the_mask_local
     assert _tags(stub, 4, 2) == [TAG_FQN] and metrics(at)["Outbox"] == "0"
     assert not [w for w in at.warning if w.value.startswith("The quarantine took effect locally")]
     assert TOKEN not in str([e.value for e in (*at.markdown, *at.caption, *at.success, *at.warning)])
+
+
+# ---- a quarantined SAE feature: mask table, audit log, embedded catalog, sidebar, and the Trace page's refusal
+
+FEATURE = "layers.15.resid.post.sae.7"
+
+
+def act_on_features(at, button, names, reason=""):
+    at.text_input(key=ufq.NAMES).input(names)
+    at.text_input(key=ufq.REASON).input(reason)
+    return at.button(key=button).click().run()
+
+
+def test_a_feature_quarantine_is_listed_audited_catalogued_and_in_force_until_lifted():
+    at = act_on_features(governance_page(), ufq.QUARANTINE, FEATURE, "fires on ' Sydney'")
+    assert not at.exception and not at.error
+    assert any(s.value == f"Quarantined {FEATURE}." for s in at.success)
+    masks, audit, catalog = (d.value for d in at.dataframe[:3])
+    row = masks.iloc[0]
+    assert (row["head"], row["level"], row["reason"], row["by"]) == (FEATURE, "feature", "fires on ' Sydney'",
+                                                                     "alice (unverified)")
+    assert (audit.iloc[0]["action"], audit.iloc[0]["heads"]) == ("add", FEATURE)
+    col = catalog[catalog["column"] == feature_column(FEATURE)].iloc[0]
+    assert (col["table"], col["tags"], col["level"], col["reason"]) == ("Layer_15", TAG_FQN, "feature",
+                                                                        "fires on ' Sydney'")
+    assert in_force(at) == f"quarantine: `{FEATURE}` (feature)"
+
+    trace = run_trace(at.switch_page("pages/trace.py").run())
+    assert not trace.exception
+    assert trace.error[0].value.startswith(f"the trace cannot run with quarantined features yet ({FEATURE})")
+
+    at = act_on_features(trace.switch_page("pages/governance.py").run(), ufq.LIFT, FEATURE)
+    assert not at.exception and not at.error
+    assert any(s.value == f"Released {FEATURE}." for s in at.success)
+    assert at.dataframe[0].value.empty and feature_column(FEATURE) not in set(at.dataframe[2].value["column"])
+    assert in_force(at) == "No heads masked."
+
+    at = act_on_features(at, ufq.QUARANTINE, "layers.15.resid.post.sae.99999", "x")
+    assert at.error[0].value == "feature 99999 does not exist: layers.15.resid.post.sae has features 0-4607"
