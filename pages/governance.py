@@ -4,7 +4,7 @@ import streamlit as st
 from synapse_core.analysis.verify import verify
 from synapse_core.arch.spec import MASK_LEVELS, parse_heads
 from synapse_core.common.errors import BadInput, SynapseError
-from ui import core
+from ui import core, govtables
 from ui import cost as ucost
 from ui import feature_quarantine as ufq
 from ui import trace as ui_trace
@@ -26,7 +26,7 @@ def act(where, change, *reset):
     except SynapseError as exc:
         st.session_state[core.GOV_REPORT] = ("error", str(exc), where)
     else:
-        st.session_state[core.GOV_REPORT] = (*core.report_message(report), where)
+        st.session_state[core.GOV_REPORT] = (*govtables.report_message(report), where)
         for key in reset:
             st.session_state[key] = False
     core.refresh_status()
@@ -86,22 +86,22 @@ try:
     audit, audit_error = gov.audit(), None
 except SynapseError as exc:  # damaged lines in the audit log: reported, never skipped
     audit, audit_error = [], exc
-table = core.mask_table(listed)
-st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": core.experiment_column()})
+table = govtables.mask_table(listed)
+st.dataframe(table, key="gov_mask_table", hide_index=True, column_config={"experiment": govtables.experiment_column()})
 csv_col, json_col = st.columns(2)
-csv_col.download_button("Mask table (CSV)", core.mask_table(listed, links=False).to_csv(index=False),
+csv_col.download_button("Mask table (CSV)", govtables.mask_table(listed, links=False).to_csv(index=False),
                         file_name=f"quarantine-{handle.fingerprint}.csv", mime="text/csv", key="gov_download_masks_csv")
-json_col.download_button("Mask table (JSON)", core.records_json(listed), file_name=f"quarantine-{handle.fingerprint}.json",
+json_col.download_button("Mask table (JSON)", govtables.records_json(listed), file_name=f"quarantine-{handle.fingerprint}.json",
                          mime="application/json", key="gov_download_masks_json")
 ufq.section(act, show_report)
 if audit_error:
     core.show_error(audit_error)
 with st.expander(f"Audit log, newest first ({len(audit)})"):
-    st.dataframe(core.audit_table(audit), key="gov_audit_table", hide_index=True)
+    st.dataframe(govtables.audit_table(audit), key="gov_audit_table", hide_index=True)
     csv_col, json_col = st.columns(2)
-    csv_col.download_button("Audit log (CSV)", core.audit_table(audit).to_csv(index=False), mime="text/csv",
+    csv_col.download_button("Audit log (CSV)", govtables.audit_table(audit).to_csv(index=False), mime="text/csv",
                             file_name=f"audit-{handle.fingerprint}.csv", key="gov_download_audit_csv")
-    json_col.download_button("Audit log (JSON)", core.records_json(audit), mime="application/json",
+    json_col.download_button("Audit log (JSON)", govtables.records_json(audit), mime="application/json",
                              file_name=f"audit-{handle.fingerprint}.json", key="gov_download_audit_json")
 
 st.subheader("Change the quarantine")
@@ -112,7 +112,7 @@ if not named:
             "(marked unverified unless this host signs you in).")
 with st.container(border=True, key="gov_top_box"):
     st.markdown("**Top head from the last discovery**")
-    top = core.top_discovered(st.session_state.get(core.LAST_DISCOVERY))
+    top = govtables.top_discovered(st.session_state.get(core.LAST_DISCOVERY))
     if top is None:
         st.info("No discovery has run yet in this session: run one on the **Discover** page, then come back.")
     else:
@@ -189,4 +189,4 @@ if check is not None:
         st.warning(warning)
 
 with st.expander("Catalog: the model as OpenMetadata tables (Layer_N) and columns (Head_N)"):
-    st.dataframe(core.catalog_table(gov.view()), key="gov_catalog", hide_index=True)
+    st.dataframe(govtables.catalog_table(gov.view()), key="gov_catalog", hide_index=True)

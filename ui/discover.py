@@ -21,7 +21,7 @@ from synapse_core.common.errors import BadInput, SynapseError
 from synapse_core.experiments.discoveries import run_discovery
 from synapse_core.experiments.records import load_experiment
 from synapse_core.interventions.promptset import PromptCase, parse_prompt_csv, parse_prompt_lines
-from ui import core
+from ui import core, govtables
 from ui import cost as ui_cost
 from ui import trace as ui_trace
 
@@ -148,7 +148,7 @@ def quarantine(handle, run: DiscoveryRun) -> None:
     except SynapseError as exc:
         st.session_state[QUARANTINE_REPORT] = ("error", str(exc))
     else:
-        st.session_state[QUARANTINE_REPORT] = core.report_message(report)
+        st.session_state[QUARANTINE_REPORT] = govtables.report_message(report)
     core.refresh_status()
 
 

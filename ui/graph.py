@@ -18,7 +18,7 @@ from synapse_core.experiments.graphs import load_graph, run_graph, save_graph
 from synapse_core.features.catalog import list_saes
 from synapse_core.graphs import supernodes as sn
 from synapse_core.graphs.graph import AttributionGraph
-from ui import core
+from ui import core, govtables
 from ui import discover as ui_discover
 from ui.feature_link import feature_url, graph_feature_name
 
@@ -106,7 +106,7 @@ def quarantine(handle) -> None:
     except SynapseError as exc:
         st.session_state[REPORT] = ("error", str(exc))
     else:
-        st.session_state[REPORT] = core.report_message(report)
+        st.session_state[REPORT] = govtables.report_message(report)
     core.refresh_status()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from app_helpers import app, chart_frames, metrics
 
-from ui import core
+from ui import core, govtables
 from ui import discover as ui_discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the tiny word-level models
@@ -101,7 +101,7 @@ def test_ioi_discovery_shows_the_verified_circuit_and_a_second_run_comes_from_th
     assert len(at.get("download_button")) == 2
 
     # the Governance page's "top head of the last discovery" reads this session's result
-    top = core.top_discovered(run)
+    top = govtables.top_discovered(run)
     assert top.head == strongest and top.experiment == run.key and top.prompt == IOI and top.target == TARGET
 
     at = at.button(key="discover_run_button").click().run()
