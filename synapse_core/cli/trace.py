@@ -86,9 +86,6 @@ def _trace(args):
         raise BadInput(f"--temperature {args.temperature} must be a number, 0 or more (0 = greedy)")
     handle = load(args)
     masks = run_masks(args, handle)
-    if features := [m for m in masks if m.level == "feature"]:  # the trace reads and verifies masks head by head
-        raise BadInput(f"the trace cannot run with quarantined features yet ({', '.join(m.feature for m in features)}): "
-                       "lift them (synapse quarantine), or pass --no-masks")
     result = trace(handle, args.prompt, args.max_new_tokens, masks=masks,
                    sampling=Sampling(args.temperature, args.top_k, args.seed),
                    capture_attention=not args.no_attention)

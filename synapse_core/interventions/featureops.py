@@ -50,18 +50,32 @@ def is_feature_name(text: str) -> bool:
     return True
 
 
-def _zero_all(sae, indices: list[int]) -> SiteFn:
-    """Zero features at every position a forward sees, the first position of a sequence excepted as
-    edit_fn does; a one-position input is a cached decoding step (never the sequence's first), so it is
-    edited. Error term kept."""
+def _zero_all(sae, indices: list[int]) -> tuple[SiteFn, SiteFn]:
+    """(a reader at the layer's attn.pattern, the edit at the SAE's site): zero features at every position of
+    the sequence but its first, as edit_fn does, error term kept.
+
+    A forward may see only the end of the sequence (a cached decoding step, or a chunk run after a KV cache
+    of the prompt), so "first" cannot be read off the site's own tensor. The reader sees the same forward's
+    last attention row (batch, head, 1, k_pos): k_pos - pos is how many positions came before, and position
+    0 of the site is the sequence's first only when none did. It reads one row and keeps the fused kernel.
+    """
     edits = [FeatureEdit(i, "zero") for i in indices]
+    keys: list[int] = []  # k_pos of the forward in flight; a fresh list per mask_fns call (one run)
+
+    def read_keys(probs: torch.Tensor) -> None:  # (batch, head, 1, k_pos)
+        keys[:] = [probs.shape[-1]]
+
+    read_keys.last_row = True
 
     def fn(x: torch.Tensor) -> torch.Tensor:  # (batch, pos, d_model)
-        if x.shape[1] == 1:
-            return edit_fn(sae, edits, [1])(torch.cat([x, x], dim=1))[:, 1:]
-        return edit_fn(sae, edits, list(range(x.shape[1])))(x)
+        n = x.shape[1]
+        before = keys.pop() - n if keys else 0
+        if before == 0:
+            return edit_fn(sae, edits, list(range(n)))(x)  # edit_fn leaves position 0 alone
+        # every position here follows the sequence's first: shift them past edit_fn's position 0
+        return edit_fn(sae, edits, list(range(1, n + 1)))(torch.cat([x[:, :1], x], dim=1))[:, 1:]
 
-    return fn
+    return read_keys, fn
 
 
 def feature_mask_fns(masks: tuple[FeatureMask, ...]) -> dict[tuple[int, str], list[SiteFn]]:
@@ -74,7 +88,9 @@ def feature_mask_fns(masks: tuple[FeatureMask, ...]) -> dict[tuple[int, str], li
     for sae_name, indices in by_sae.items():
         info = find_sae(sae_name)
         sae = sae_for(f"{sae_name}.{indices[0]}", info.d_in)
-        out[(info.layer, info.site)].append(_zero_all(sae, sorted(set(indices))))
+        read_keys, fn = _zero_all(sae, sorted(set(indices)))
+        out[(info.layer, "attn.pattern")].append(read_keys)
+        out[(info.layer, info.site)].append(fn)
     return dict(out)
 
 

@@ -112,7 +112,24 @@ def test_quarantine_commands_add_list_and_remove_a_feature(bundled, home, strong
     listed = json.loads(capsys.readouterr().out)
     assert listed["masked_heads"] == [] and [f["feature"] for f in listed["masked_features"]] == [strongest]
     assert in_force(bundled) == [FeatureMask(15, strongest)]
-    assert main(["trace", "--prompt", PROMPT, "--model", "bundled"]) != 0  # refused by name, never ignored
-    assert f"the trace cannot run with quarantined features yet ({strongest})" in capsys.readouterr().err
+    assert main(["trace", "--prompt", PROMPT, "--model", "bundled", "--max-new-tokens", "3", "--json"]) == 0
+    traced = json.loads(capsys.readouterr().out)
+    assert traced["masked_features"] == [strongest] and traced["fidelity"]["argmax_agreement"] == 1.0
     assert main(["quarantine", "remove", strongest, *base]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] == [strongest] and in_force(bundled) == []
+
+
+def test_a_trace_generates_from_the_ablated_model_in_every_pass(bundled, strongest):
+    """Generation runs the prompt, then one position a step after a KV cache, and the fidelity pass a chunk
+    after the cached prompt: the feature is zeroed at every position but the sequence's first in each."""
+    from synapse_core.analysis.trace import trace
+    from synapse_core.interventions.featureops import feature_mask
+
+    iv = feature_intervention(strongest, "zero")
+    n_pos = len(bundled.tokenizer(PROMPT).input_ids)
+    direct_fn, _ = feature_site_fn(bundled, iv, list(range(n_pos)))
+    direct = torch.softmax(logits(bundled, {(iv.layer, "resid.post"): [direct_fn]})[-1], -1)
+    r = trace(bundled, PROMPT, 4, masks=[feature_mask(strongest)])
+    assert r.masked_features == (FeatureMask(15, strongest),) and r.masked_heads == ()
+    assert r.generated_ids[0] == int(direct.argmax()) and abs(r.model_probs[0] - direct.max().item()) < 1e-5
+    assert r.fidelity.argmax_agreement == 1.0 and r.fidelity.max_logit_diff < 1e-3
