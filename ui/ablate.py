@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from synapse_core.arch.spec import Intervention, parse_heads
-from synapse_core.common.errors import BadInput, SynapseError
+from synapse_core.common.errors import BadInput
 from synapse_core.common.hashing import engine_version
 from synapse_core.experiments.records import Experiment, export_csv, export_json, headline
 from synapse_core.interventions.ablation import AblationResult
@@ -23,7 +23,7 @@ from synapse_core.interventions.ops import OpSettings, parse_positions
 from synapse_core.interventions.promptset import PromptSetResult, parse_prompt_csv, parse_prompt_lines
 from synapse_core.interventions.reference import parse_reference_prompts
 from synapse_core.interventions.sweep import SweepResult
-from ui import core
+from ui import core, jobs
 from ui import trace as ui_trace
 from ui.names import short_name, short_names
 
@@ -157,21 +157,18 @@ def sweep_heatmap(r: SweepResult) -> alt.Chart:
 
 # ---------------------------------------------------------------- running (the Ablate page)
 def run_experiment(handle, state_key: str, make_config) -> None:
-    """Build the config and run it through the store into session state, with a progress bar;
-    errors shown, never kept."""
-    bar = st.progress(0.0, text="starting")
-    try:
-        st.session_state[state_key] = core.run_experiment(
-            handle, make_config(), progress=lambda done, total, msg: bar.progress(min(done / total, 1.0), text=msg))
-    except SynapseError as exc:
+    """Build the config and run it through the store into session state, with a progress bar and a
+    Cancel button (ui/jobs.py); errors shown, never kept."""
+    exp = jobs.run_experiment(state_key, handle, make_config)
+    if exp is None:
         st.session_state.pop(state_key, None)
-        core.show_error(exc)
-    finally:
-        bar.empty()
+    else:
+        st.session_state[state_key] = exp
 
 
 def show_last(handle, state_key: str, prefix: str) -> None:
     """The experiment last run into `state_key`, unless it was made with another model."""
+    jobs.notice(state_key)
     exp = st.session_state.get(state_key)
     if exp is not None and exp.config.fingerprint != handle.fingerprint:
         st.info(f"The last run was made with {exp.config.model}, not the loaded model: run it again.")

@@ -188,7 +188,12 @@ def run_on_ray(handle: ModelHandle, fn, cases: tuple, params: dict, engine: Engi
     parts: list = [None] * len(shards)
     done = 0
     while feeder.has_next():
-        if cancel is not None and cancel():
+        try:
+            stop = cancel is not None and cancel()
+        except BaseException:  # as above: the page stopped while polling
+            _drop(pool)
+            raise
+        if stop:
             _drop(pool)
             raise JobCancelled(f"cancelled after {done} of {len(cases)} prompts")
         try:
@@ -201,5 +206,9 @@ def run_on_ray(handle: ModelHandle, fn, cases: tuple, params: dict, engine: Engi
         parts[index] = out
         done += len(out)
         if progress:
-            progress(done, len(cases), f"shard {index + 1} of {len(shards)} done")
+            try:
+                progress(done, len(cases), f"shard {index + 1} of {len(shards)} done")
+            except BaseException:  # the page stopped (a Cancel pressed): the actors' queued shards go too
+                _drop(pool)
+                raise
     return [result for part in parts for result in part]
