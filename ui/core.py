@@ -118,9 +118,6 @@ def result_store(path: str) -> ResultStore:
 def run_trace(handle, prompt, max_new_tokens, masks, sampling, progress, on_generated=None) -> TraceRun:
     """Trace through the result store: the same request twice is answered from disk. on_generated
     sees the generated tokens before the heads are read (the page shows them first)."""
-    if features := feature_masks(masks):  # the trace reads and verifies masks head by head
-        raise BadInput(f"the trace cannot run with quarantined features yet ({', '.join(m.feature for m in features)}): "
-                       "lift them on Governance, or switch on the raw model in the sidebar")
     config = trace_experiment_config(handle, prompt, max_new_tokens, masks, sampling, capture_attention=True)
     exp = trace_store.run_trace(handle, config, result_store(str(settings.subdir("results"))), progress,
                                 on_generated=on_generated)

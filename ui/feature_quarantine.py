@@ -35,6 +35,6 @@ def section(act, show_report) -> None:
             g, _names(), (st.session_state.get(REASON) or "").strip())))
         lift_col.button("Lift features", key=LIFT, on_click=act, args=(WHERE, lambda g: release_features(g, _names())))
         st.caption("Every later run subtracts a quarantined feature's part of its SAE's site (the SAE's error term "
-                   "kept). Trace and attribution graphs refuse to run while a feature is quarantined; lift it or "
-                   "switch on the raw model.")
+                   "kept). Attribution graphs refuse to run while a feature is quarantined (its SAE is not linear in "
+                   "the stream); lift it or switch on the raw model.")
         show_report(WHERE)

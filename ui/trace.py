@@ -37,6 +37,7 @@ def summary_cards(handle, result: TraceResult) -> list[dict]:
     dtype = core.short_dtype(handle)
     fid, path = result.fidelity, result.thought_path
     masked = ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in result.masked_heads) or "none"
+    features = ", ".join(m.feature for m in getattr(result, "masked_features", ()))  # older stored traces: none
     return [
         {"label": "Backend", "value": f"{handle.device.type} · {dtype}",
          "help": f"Hugging Face transformers on {handle.device} with {dtype} weights"},
@@ -52,7 +53,8 @@ def summary_cards(handle, result: TraceResult) -> list[dict]:
          "delta": ("every one reads 0" if fid.masks_verified else f"not 0: {', '.join(fid.unverified_masks)}")
          if result.masked_heads else None, "delta_color": "off" if fid.masks_verified else "inverse",
          "delta_arrow": "off",
-         "help": f"{masked}. Checked in the fidelity pass: a masked head's input to the output projection must be 0."},
+         "help": f"{masked}. Checked in the fidelity pass: a masked head's input to the output projection must be 0."
+                 + (f" Quarantined SAE features, zeroed at their site in every pass: {features}." if features else "")},
     ]
 
 

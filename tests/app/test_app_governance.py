@@ -213,7 +213,7 @@ def test_openmetadata_bootstrap_quarantine_then_server_down_keeps_the_mask_local
     assert TOKEN not in str([e.value for e in (*at.markdown, *at.caption, *at.success, *at.warning)])
 
 
-# ---- a quarantined SAE feature: mask table, audit log, embedded catalog, sidebar, and the Trace page's refusal
+# ---- a quarantined SAE feature: mask table, audit log, embedded catalog, sidebar, and a trace that applies it
 
 FEATURE = "layers.15.resid.post.sae.7"
 
@@ -239,8 +239,10 @@ def test_a_feature_quarantine_is_listed_audited_catalogued_and_in_force_until_li
     assert in_force(at) == f"quarantine: `{FEATURE}` (feature)"
 
     trace = run_trace(at.switch_page("pages/trace.py").run())
-    assert not trace.exception
-    assert trace.error[0].value.startswith(f"the trace cannot run with quarantined features yet ({FEATURE})")
+    assert not trace.exception and not trace.error
+    result = trace.session_state[core.TRACE_RUN].result
+    assert [m.feature for m in result.masked_features] == [FEATURE] and result.fidelity.argmax_agreement == 1.0
+    assert FEATURE in next(m for m in trace.metric if m.label == "Masked heads").proto.help
 
     at = act_on_features(trace.switch_page("pages/governance.py").run(), ufq.LIFT, FEATURE)
     assert not at.exception and not at.error
