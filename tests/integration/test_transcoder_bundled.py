@@ -70,6 +70,8 @@ def test_features_train_makes_a_transcoder_of_the_mlp(bundled, transcoder):
     cfg = json.loads((Path(transcoder["path"]) / "cfg.json").read_text())
     assert cfg["hook_name"] == f"blocks.{LAYER}.ln2.hook_normalized"
     assert cfg["hook_name_out"] == f"blocks.{LAYER}.hook_mlp_out" and cfg["apply_b_dec_to_input"] is False
+    listed = {s["name"]: s for s in cli("features", "list", "--json")["saes"]}
+    assert (listed[NAME]["site"], listed[NAME]["hook_name_out"]) == ("mlp.in", f"blocks.{LAYER}.hook_mlp_out")
     tc = load_sae(Path(transcoder["path"]), dtype="float32")
     ctxs = np.stack(list(corpus.contexts(bundled.tokenizer, "heldout", 64, 8)))
     sites = [parse_site(SITE_IN), parse_site(SITE_OUT)]
