@@ -1,4 +1,5 @@
-"""The CLI from outside: `python -m synapse_core ...` in a child process."""
+"""The CLI from outside: `python -m synapse_core ...` in a child process (a process's output and exit
+code), and in this process (cli_helpers.run_cli) where only the command's answer is under test."""
 import json
 import os
 import subprocess
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +29,7 @@ def test_info_json():
 
 
 def test_trace_json_generates_paris_and_masks():
-    out = json.loads(cli("trace", "--prompt", "The Eiffel Tower is in the city of", "--max-new-tokens", "2",
+    out = json.loads(run_cli("trace", "--prompt", "The Eiffel Tower is in the city of", "--max-new-tokens", "2",
                          "--mask", "3.1,5.2", "--json").stdout)
     assert out["generated_tokens"][0] == " Paris"
     assert out["masked_heads"] == ["3.1", "5.2"]
@@ -46,9 +48,16 @@ def test_trace_json_generates_paris_and_masks():
     (("info", "--model", "no-such-org/no-such-model", "--json"), "bundled"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message):
-    proc = cli(*args, check=False)
+    proc = run_cli(*args, check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
     assert proc.stdout == ""
+
+
+def test_a_child_process_exits_2_with_one_line_on_bad_input():
+    proc = cli("trace", "--prompt", "hi", "--mask", "3.9", "--json", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        line for line in proc.stderr.splitlines() if "head 9 does not exist" in line]

@@ -1,7 +1,10 @@
 """`synapse trace --json`: the fidelity, probability and influence keys."""
 import json
 
+import pytest
 from cli_helpers import run_cli
+
+pytestmark = pytest.mark.slow  # integrated gradients under sampling: the slow tier (make test-slow)
 
 
 def test_trace_json_reports_fidelity_probabilities_and_influence_completeness():
