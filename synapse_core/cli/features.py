@@ -116,6 +116,28 @@ def _log(args):
     return lambda msg: print(msg, file=sys.stderr) if not args.json else None
 
 
+def _progress_bar(args, width: int = 30):
+    """A progress bar per stage (harvest, train) on stderr, redrawn in place on a terminal and
+    printed every tenth otherwise; none with --json."""
+    import sys
+
+    if args.json:
+        return None
+    tty, shown = sys.stderr.isatty(), {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        filled = width * done // max(total, 1)
+        line = (f"{stage:<7} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                f"{'contexts' if stage == 'harvest' else 'steps'}")
+        if tty:
+            print("\r" + line, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        elif done >= total or shown.get(stage) != 10 * done // max(total, 1):
+            shown[stage] = 10 * done // max(total, 1)
+            print(line, file=sys.stderr)
+
+    return progress
+
+
 def _train(args):
     from ..features.train import TrainConfig
     from ..features.workflow import RunConfig, site_pair, train_site
@@ -130,7 +152,8 @@ def _train(args):
     tcfg = TrainConfig(d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, batch_size=args.batch_size, seed=args.seed,
                        scale_tokens=min(20_000, args.contexts * (args.ctx_len - 1)))
     run = RunConfig(contexts=args.contexts, ctx_len=args.ctx_len, seed=args.seed)
-    folder, res = train_site(handle, args.site, tcfg, run, args.out, log=_log(args), site_out=args.site_out)
+    folder, res = train_site(handle, args.site, tcfg, run, args.out, site_out=args.site_out,
+                             progress=_progress_bar(args))
     payload = {"path": str(folder), "steps": res.steps_done, "seconds": res.seconds,
                "tokens_per_s": res.tokens_per_s, "metrics": res.last_metrics}
     cli.emit(args, payload, f"trained {folder} in {res.seconds:.0f} s ({res.tokens_per_s:.0f} tokens/s)")

@@ -68,3 +68,23 @@ def test_a_stopped_transcoder_run_resumes_to_the_weights_of_an_uninterrupted_one
 def test_bad_site_pairs_are_named(llama, site, out, message):
     with pytest.raises(BadInput, match=message):
         workflow.site_pair(llama, site, out)
+
+
+def test_features_train_draws_a_progress_bar_per_stage(capsys, tmp_path):
+    from ablation_models import tiny_handle
+
+    from synapse_core.cli.main import main
+
+    model_dir = tmp_path / "tiny"
+    handle = tiny_handle("llama")
+    handle.model.save_pretrained(model_dir)
+    handle.tokenizer.save_pretrained(model_dir)
+    code = main(["features", "train", "--model", str(model_dir), "--site", "layers.1.mlp.in", "--site-out",
+                 "layers.1.mlp.out", "--d-sae", "16", "--k", "4", "--tokens", "320", "--contexts", "12",
+                 "--ctx-len", "9", "--batch-size", "32"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = err.splitlines()
+    assert f"harvest [{'#' * 30}] 12/12 contexts" in lines and f"train   [{'#' * 30}] 10/10 steps" in lines
+    assert any(line.startswith("train   [###.") for line in lines)  # drawn on the way, not only at the end
+    assert f"trained {settings.subdir('features') / NAME}" in out
