@@ -2,14 +2,12 @@
 `features train --site-out` trains one end to end, and an attribution graph takes it in place of
 that layer's MLP with its completeness intact."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from synapse_core.common import settings
 from synapse_core.experiments.graphs import load_transcoders
@@ -26,11 +24,7 @@ PROMPT = "The capital of Australia is the city of"
 
 
 def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "synapse_core", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(run_cli(*args).stdout)
 
 
 def _fvu(y_hat: torch.Tensor, y: torch.Tensor) -> float:
@@ -65,6 +59,7 @@ def transcoder(installed):
     return out
 
 
+@pytest.mark.slow  # trains a transcoder on the corpus: the slow tier (make test-slow)
 def test_features_train_makes_a_transcoder_of_the_mlp(bundled, transcoder):
     assert transcoder["path"] == str(settings.subdir("features") / NAME) and transcoder["steps"] == 300
     cfg = json.loads((Path(transcoder["path"]) / "cfg.json").read_text())
@@ -81,6 +76,7 @@ def test_features_train_makes_a_transcoder_of_the_mlp(bundled, transcoder):
         assert _fvu(tc(x), y) < 0.8  # held-out text: it learned the MLP, not just its mean
 
 
+@pytest.mark.slow  # needs the trained transcoder above
 def test_a_graph_takes_the_trained_transcoder_and_stays_complete(bundled, transcoder):
     tcs = load_transcoders(bundled, [transcoder["path"]])
     assert set(tcs) == {LAYER}
