@@ -16,7 +16,6 @@ from synapse_core.features.harvest import capture, harvest, parse_site
 from synapse_core.features.sae import load_sae
 from synapse_core.graphs.build import build_graph
 
-ROOT = Path(__file__).resolve().parents[2]
 LAYER = 5
 SITE_IN, SITE_OUT = f"layers.{LAYER}.mlp.in", f"layers.{LAYER}.mlp.out"
 NAME = f"layers.{LAYER}.mlp.in-mlp.out.sae"
