@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from synapse_core.arch.spec import Intervention, parse_heads
+from synapse_core.arch.spec import Intervention, mask_name, parse_heads
 from synapse_core.common.errors import BadInput
 from synapse_core.common.hashing import engine_version
 from synapse_core.experiments.records import Experiment, export_csv, export_json, headline
@@ -226,7 +226,7 @@ def _notes(r) -> None:
     if r.notes:
         st.caption("Notes: " + "; ".join(r.notes))
     if r.masks:
-        st.caption("Masked in every run: " + ", ".join(f"{m.layer}.{m.head} ({m.level})" for m in r.masks))
+        st.caption("Masked in every run: " + ", ".join(f"{mask_name(m)} ({m.level})" for m in r.masks))
 
 
 def already_masked(r: AblationResult) -> list[str]:

@@ -76,7 +76,10 @@ def expander(handle, where: str, heads, level: str, targets=()) -> None:
         masks = ()
     exp = known(handle, masks)
     with st.expander("Cost of this quarantine", expanded=exp is not None):
-        st.caption(f"Against the model as it runs now ({len(core.masks_in_force(handle))} head(s) masked): perplexity "
+        in_force = core.masks_in_force(handle)
+        features = sum(m.level == "feature" for m in in_force)
+        st.caption(f"Against the model as it runs now ({len(in_force) - features} head(s) and {features} feature(s) "
+                   "masked): perplexity "
                    f"on {TEXT_TOKENS:,} tokens of held-out text and {len(capabilities())} capability prompts in "
                    "six groups, before and after, and the target behaviour.")
         if st.button("Measure the cost", key=f"{where}_cost_button", disabled=not masks):
