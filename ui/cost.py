@@ -63,7 +63,7 @@ def measure(handle, masks, targets, bar):
     def progress(stage, done, total):
         bar.progress(min(1.0, done / max(total, 1)), text=f"{stage}: pass {done}/{total}")
 
-    exp = costs.run_cost(handle, config, text, core.experiment_store(), progress)
+    exp = costs.run_cost(handle, config, text, core.experiment_store(), progress, engine=core.job_engine())
     st.session_state.setdefault(REPORTS, {})[_key(handle, masks)] = exp
     return exp, skipped
 

@@ -280,12 +280,13 @@ def prompts_of(config: CostConfig) -> list[str]:
 
 def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None,
                 text_before: TextScore | None = None, progress: CostProgress | None = None,
-                logits_before: torch.Tensor | None = None) -> CostReport:
+                logits_before: torch.Tensor | None = None, logits_after: torch.Tensor | None = None) -> CostReport:
     """Measure the cost of `config.heads` against `config.masks` (see the module docstring).
 
     text: the general text (its digest must match the config's); text_before: its score with the
     masks in force when already known (the store keeps it: it is the same for every report);
-    logits_before: likewise the next-token logits (n_prompts, d_vocab) of prompts_of(config).
+    logits_before: likewise the next-token logits (n_prompts, d_vocab) of prompts_of(config);
+    logits_after: those with config.added in force, when computed elsewhere (a job engine).
     """
     t0 = time.perf_counter()
     if config.fingerprint != handle.fingerprint:
@@ -310,7 +311,12 @@ def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None =
     if before.shape[0] != len(prompts):
         raise BadInput(f"{before.shape[0]} rows of logits given for {len(prompts)} prompts")
     same = set(config.added) == set(config.masks)  # nothing new: after is before, exactly
-    after = before if same else next_token_logits(handle, prompts, config.added, step("capabilities after"))
+    if same:
+        after = before
+    elif logits_after is not None:
+        after = logits_after
+    else:
+        after = next_token_logits(handle, prompts, config.added, step("capabilities after"))
     groups = capability_cost(handle, caps, before[:len(caps)], after[:len(caps)])
     targets = target_cost(handle, config.targets, before[len(caps):], after[len(caps):])
     tcost = None

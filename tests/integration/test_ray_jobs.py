@@ -125,6 +125,31 @@ def test_an_actor_killed_mid_job_is_replaced_and_its_shard_rerun(bundled, cluste
     assert ray.get(victim.ready.remote(), timeout=120)["pid"] != old_pid  # Ray restarted it
 
 
+def test_a_cost_report_on_ray_is_the_local_report(bundled, cluster, tmp_path):
+    """The capability and target prompts' logits, before and after the quarantine, run on the actors."""
+    from synapse_core.analysis.cost import cost_config
+    from synapse_core.experiments.costs import run_cost
+
+    config = cost_config(bundled, ["0.6", "23.5"], targets=CASES[1:2])
+    local_store, ray_store = _stores(tmp_path)
+    local = run_cost(bundled, config, None, local_store)
+    on_ray = run_cost(bundled, config, None, ray_store, engine=RAY)
+    assert on_ray.hash == local.hash and not on_ray.from_cache
+    a, b = local.result, on_ray.result
+    assert [g.group for g in b.groups] == [g.group for g in a.groups] and len(a.groups) > 1
+    for x, y in zip(a.groups, b.groups):
+        assert (y.accuracy_before, y.accuracy_after, y.agreement) == (x.accuracy_before, x.accuracy_after, x.agreement)
+        # the shards batch the prompts otherwise than one local call (other padded widths): float32 rounding,
+        # as test_cost.py's batched-vs-alone check allows (rel 1e-5 beside abs 1e-5)
+        assert y.mean_kl == pytest.approx(x.mean_kl, rel=1e-5, abs=1e-5)
+        assert y.worst_kl == pytest.approx(x.worst_kl, rel=1e-5, abs=1e-5)
+        assert [f.prompt for f in y.flipped] == [f.prompt for f in x.flipped]
+    (x,), (y,) = a.targets, b.targets
+    assert x.prob_before != x.prob_after  # the heads matter to the target
+    for name in ("prob_before", "prob_after", "logit_diff_before", "logit_diff_after"):
+        assert getattr(y, name) == pytest.approx(getattr(x, name), rel=1e-5, abs=1e-5)
+
+
 def test_a_cancelled_job_stops_its_actors_and_stores_nothing(bundled, cluster, tmp_path):  # last: it ends the pool
     store = ResultStore(tmp_path / "ray")
     config = promptset_config(bundled, CASES, HEAD)
