@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..arch.spec import HeadMask
-from ..hooks.dispatch import hooks
+from ..hooks.dispatch import attention_probs, hooks
 from ..hooks.masking import mask_fns
 from ..model.generation import Decoded
 from ..model.loading import ModelHandle
@@ -42,9 +42,10 @@ class Fidelity:
 
 class StepCapture:
     """Site functions that read, at each forward pass of a decoding loop, every layer's head outputs
-    and attention row at the last position (the one that predicts the next token).
+    at the last position (the one that predicts the next token) and, for its attention row, either that
+    position's query (query layers: the row is rebuilt after the loop) or the row itself.
 
-    After the loop: `activity(arch)` (step, layer, head) and `attention(k_len)` (step, layer, head, k_pos).
+    After the loop: `activity(arch)` (step, layer, head) and `attention(k_len, cache)` (step, layer, head, k_pos).
     Masked heads' largest |z| over every position processed is kept to verify the masks."""
 
     def __init__(self, n_layers: int, masks: tuple[HeadMask, ...], capture_attention: bool,
@@ -114,30 +115,21 @@ class StepCapture:
         n_steps = len(self.z[0])
         n_heads = self.z[0][0].shape[0]
         out = torch.zeros(n_steps, self.n_layers, n_heads, k_len)
-        positions = torch.arange(k_len - n_steps, k_len)  # the predicting position of each step
         for layer in range(self.n_layers):
             if layer in self.query_layers:
-                out[:, layer] = self._rebuild(layer, cache.layers[layer].keys[0], positions)
+                out[:, layer] = self._rebuild(layer, cache.layers[layer].keys)
                 continue
             for step, row in enumerate(self.rows[layer]):
                 out[step, layer, :, :row.shape[-1]] = row
         return out.numpy()
 
-    def _rebuild(self, layer: int, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """keys (kv_head, k_pos, d_head) -> probabilities (step, head, k_pos)."""
-        q = torch.stack(self.queries[layer]).float()  # (step, head, d_head)
-        n_steps, n_heads, _ = q.shape
-        kv, k_len = keys.shape[0], keys.shape[1]
-        assert k_len == positions[-1] + 1, (k_len, int(positions[-1]))  # the cache holds every position fed
+    def _rebuild(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """keys (batch, kv_head, k_pos, d_head) -> probabilities (step, head, k_pos): the steps' queries are
+        the last positions of the keys, so the plain causal mask of attention_probs is theirs."""
+        query = torch.stack(self.queries[layer]).float().transpose(0, 1)[None]  # (1, head, step, d_head)
         scaling, softcap = self.scale[layer]
-        grouped = q.view(n_steps, kv, n_heads // kv, -1).permute(1, 0, 2, 3).reshape(kv, -1, q.shape[-1])
-        scores = torch.bmm(grouped, keys.float().transpose(1, 2)) * scaling  # (kv, step * group, k_pos)
-        scores = scores.view(kv, n_steps, n_heads // kv, k_len).permute(1, 0, 2, 3).reshape(n_steps, n_heads, k_len)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        future = torch.arange(k_len, device=scores.device)[None, :] > positions.to(scores.device)[:, None]
-        scores = scores.masked_fill(future[:, None, :], float("-inf"))
-        return torch.softmax(scores, dim=-1).cpu()
+        probs = attention_probs(query, keys[:1].float(), None, scaling, softcap)  # (1, head, step, k_pos)
+        return probs[0].transpose(0, 1).cpu()
 
     def unverified(self, masks: tuple[HeadMask, ...]) -> tuple[str, ...]:
         """"L.H" of masked heads that did not read exactly 0 at every position."""
