@@ -7,7 +7,6 @@ import pytest
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-
 _LOADED: dict = {}
 
 
@@ -64,3 +63,19 @@ def unbounded_model_queue_after():
     from synapse_core.model import queue
 
     queue.reset()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random-init Llama with its word-level tokenizer, saved as a folder the sidebar can load."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from ablation_models import tiny_handle
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    handle = tiny_handle("llama")
+    handle.model.save_pretrained(folder)
+    handle.tokenizer.save_pretrained(folder)
+    return str(folder)

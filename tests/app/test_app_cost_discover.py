@@ -34,15 +34,6 @@ def own_home_tiny_report(tmp_path, monkeypatch):
     monkeypatch.setattr(ucost, "_corpus", lambda *a: (text, None))
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    handle = tiny_handle("llama")
-    handle.model.save_pretrained(folder)
-    handle.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_the_cheapest_set_is_charted_chosen_costed_and_quarantined_with_its_report(tiny_folder):
     at = app()
     at.sidebar.text_input(key=core.USER_NAME).input("alice")

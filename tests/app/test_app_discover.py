@@ -6,19 +6,13 @@ the next; the quarantine test removes the mask store it wrote, so no later run h
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 from app_helpers import app, chart_frames, metrics
 
+from synapse_core.governance.service import Governance
 from ui import core, govtables
 from ui import discover as ui_discover
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the tiny word-level models
-from ablation_models import tiny_handle  # noqa: E402
-
-from synapse_core.governance.service import Governance  # noqa: E402
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 TARGET, CONTRAST = " Mary", " John"
@@ -184,15 +178,6 @@ def test_an_engine_range_error_reaches_the_page(monkeypatch):
     monkeypatch.setattr(ui_discover, "run_discovery", with_top_k_0)
     at = run_ioi(discover_page())
     assert not at.exception and at.error[0].value == "top_k_heads 0 is out of range: choose 1-20"
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    handle = tiny_handle("llama")
-    handle.model.save_pretrained(folder)
-    handle.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def tiny_discover_page(folder):
