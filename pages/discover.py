@@ -4,7 +4,7 @@ from streamlit_agraph import agraph
 
 from synapse_core.analysis.discovery import MIN_DRAWS, PAIR_RANGE, TOP_K_RANGE, discovery_config
 from synapse_core.common.errors import SynapseError
-from ui import core
+from ui import core, jobs
 from ui import cost as ucost
 from ui import discover as ud
 
@@ -45,19 +45,22 @@ with st.expander("Verification and random baseline"):
                        format_func=ud.RANKING_LABELS.get, horizontal=True)
 
 if st.button("Run", key="discover_run_button", type="primary"):
-    bar = st.progress(0.0, text="checking the request")
+    config = None
     try:
         cases = None if mode == ud.SINGLE else ud.cases(lines, upload)
         config = discovery_config(
             handle, **(dict(prompt=prompt, target=target, contrast=contrast) if cases is None else dict(cases=cases)),
             top_k_heads=int(top_k), max_pair_sweeps=int(max_pairs), masks=core.masks_in_force(handle),
             verify_heads=int(verify), baseline_draws=int(draws), seed=int(seed), ranking=ranking)
-        st.session_state[core.LAST_DISCOVERY] = ud.run(handle, config, ud.stage_progress(bar))
     except SynapseError as exc:
-        st.session_state.pop(core.LAST_DISCOVERY, None)
         core.show_error(exc)
-    finally:
-        bar.empty()
+    found = None if config is None else jobs.run(
+        ud.JOB, lambda progress, cancel: ud.run(handle, config, ud.stage_progress(progress), cancel), core.show_error)
+    if found is None:
+        st.session_state.pop(core.LAST_DISCOVERY, None)
+    else:
+        st.session_state[core.LAST_DISCOVERY] = found
+jobs.notice(ud.JOB)
 
 run = st.session_state.get(core.LAST_DISCOVERY)
 if not isinstance(run, ud.DiscoveryRun):

@@ -31,6 +31,7 @@ RANKING_LABELS = {"atp": "attribution patching (one backward pass)",
 QUARANTINE_HEADS = "discover_quarantine_heads"  # multiselect: the heads the Quarantine button hands over
 QUARANTINE_REASON = "discover_quarantine_reason"  # text input: the reason recorded with them
 QUARANTINE_REPORT = "discover_quarantine_report"  # (st function name, message) of the last Quarantine press
+JOB = "discover_job"  # ui/jobs.py key of a running discovery: its Cancel button is discover_job_cancel
 OPENED_LINK = "discover_opened_link"  # the ?experiment= hash already opened (a later Run is not overwritten)
 
 
@@ -45,10 +46,11 @@ class DiscoveryRun:
     outdated: str = ""  # reopened, but made by another engine: which one (shown instead of "answered from the store")
 
 
-def run(handle, config, progress) -> DiscoveryRun:
-    """Run one discovery, or answer it from the result store when the same config ran before."""
+def run(handle, config, progress, cancel=None) -> DiscoveryRun:
+    """Run one discovery, or answer it from the result store when the same config ran before; its
+    per-prompt work on the configured job engine (here, or Ray actors: the same experiment)."""
     store = core.result_store(str(settings.subdir("results")))
-    exp = run_discovery(handle, config, store, progress)
+    exp = run_discovery(handle, config, store, progress, engine=core.job_engine(), cancel=cancel)
     return DiscoveryRun(exp.result, exp.hash, exp.from_cache, tuple(exp.notes))
 
 
@@ -125,13 +127,14 @@ STAGE_TEXT = {  # what each engine stage does, for the progress bar
 }
 
 
-def stage_progress(bar):
-    """progress(stage, done, total) for st.progress: each of the four stages fills a quarter of the bar."""
+def stage_progress(progress):
+    """A discovery's report(stage, done, total) as a job's progress(done, total, message) over the whole
+    run (ui/jobs.py's bar): each stage fills an equal share of it."""
     def report(stage: str, done: int, total: int) -> None:
         i = STAGES.index(stage)
         where = f" · prompt {min(done + 1, total)} of {total}" if total > 1 else ""
-        bar.progress(min((i + (done / total if total else 1.0)) / len(STAGES), 1.0),
-                     text=f"Stage {i + 1}/{len(STAGES)}: {STAGE_TEXT[stage]}{where}")
+        share = int(1000 * (i + (min(done / total, 1.0) if total else 1.0)))
+        progress(share, 1000 * len(STAGES), f"Stage {i + 1}/{len(STAGES)}: {STAGE_TEXT[stage]}{where}")
     return report
 
 

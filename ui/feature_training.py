@@ -21,6 +21,7 @@ from synapse_core.features import workflow
 from synapse_core.features.harvest import SITE_ORDER
 from synapse_core.features.pipeline import sae_name
 from synapse_core.features.train import TrainConfig
+from synapse_core.jobs.engine import mapper
 from ui import core
 
 TRAIN_JOB = "features_train_job"  # session key: this session's TrainingJob
@@ -62,6 +63,7 @@ def start(handle, site: str, k: int, d_sae: int, tokens: int, contexts: int, ctx
     tcfg = TrainConfig(d_sae=d_sae, k=k, n_tokens=tokens, batch_size=min(1024, rows),
                        scale_tokens=min(20_000, rows))
     run = workflow.RunConfig(contexts=contexts, ctx_len=ctx_len)
+    each = mapper(handle, core.job_engine())  # the harvest on the configured job engine (here, or Ray actors)
     job = TrainingJob(sae_name(s.name))
     with _LOCK:
         if job.name in _RUNNING:
@@ -71,7 +73,7 @@ def start(handle, site: str, k: int, d_sae: int, tokens: int, contexts: int, ctx
     def work():
         try:
             folder, res = workflow.train_site(handle, s.name, tcfg, run, progress=job.progress,
-                                              should_stop=job.stop.is_set)
+                                              should_stop=job.stop.is_set, mapper=each)
             job.folder, job.stopped = folder, folder is None
             job.tokens_per_s = res.tokens_per_s if res is not None else 0.0
         except SynapseError as exc:

@@ -20,7 +20,8 @@ import torch
 from ..arch.spec import HeadRef
 from ..interventions.metrics import Target
 from ..model.loading import ModelHandle
-from .circuit import head_set_scores
+from ..model.mapper import Mapper, local_mapper, stage_progress
+from .discoshards import head_sets_shard
 
 Report = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -87,25 +88,24 @@ def verdict(effect: float, mean: float, std: float, size: int, draws: int, metri
                           f"{size}-head sets change it by {mean:+.3g} \u00b1 {std:.3g}")
 
 
-def judge_circuit(handle: ModelHandle, ids: Sequence[torch.Tensor], targets: Sequence[Target], prompts: Sequence[int],
+def judge_circuit(handle: ModelHandle, cases: Sequence[tuple[torch.Tensor, Target]], prompts: Sequence[int],
                   circuit: tuple[HeadRef, ...], random_sets, metric: str, masks, seed: int,
-                  sum_of_singles: float, stage: str, report: Report) -> CircuitEffect:
-    """The circuit and each random set ablated on every prompt of `ids` (1, pos) each.
+                  sum_of_singles: float, stage: str, report: Report, mapper: Mapper | None = None) -> CircuitEffect:
+    """The circuit and each random set ablated on every prompt of `cases` ((ids (1, pos), target) each).
 
     prompts: the indices of these prompts among the discovery's, recorded in the result.
-    report(stage, done, total) after each prompt.
+    report(stage, done, total) as prompts are done; mapper: where the prompts run (model.mapper).
     """
-    n = len(ids)
+    n = len(cases)
     sets = [circuit, *random_sets]
-    effect, on_target = np.zeros((n, len(sets))), np.zeros((n, len(sets)))
-    clean, clean_top = np.zeros(n), np.zeros(n, dtype=np.int64)
     report(stage, 0, n)
-    for i in range(n):
-        scores, _ = head_set_scores(handle, ids[i], sets, targets[i], masks)
-        effect[i] = (scores[metric].double() - scores["clean_" + metric].double()).cpu().numpy()
-        on_target[i] = (scores["top_id"] == targets[i].id).cpu().numpy()
-        clean[i], clean_top[i] = float(scores["clean_" + metric][0]), int(scores["clean_logits"].argmax())
-        report(stage, i + 1, n)
+    rows = (mapper or local_mapper(handle))(head_sets_shard, tuple(cases),
+                                            {"sets": sets, "metric": metric, "masks": masks},
+                                            stage_progress(report, stage))
+    effect = np.stack([r[0] for r in rows]).reshape(n, len(sets))  # (prompt, set)
+    on_target = np.stack([r[1] for r in rows]).reshape(n, len(sets))
+    clean, clean_top = np.array([r[2] for r in rows]), np.array([r[3] for r in rows], dtype=np.int64)
+    targets = [t for _, t in cases]
     draws = effect[:, 1:].mean(0)  # (draw,)
     joint = float(effect[:, 0].mean())
     beats, interacts, words = verdict(joint, float(draws.mean()), float(draws.std()), len(circuit), len(draws),

@@ -15,7 +15,9 @@ import torch
 from ..common.errors import BadInput
 from ..hooks.dispatch import hooks
 from ..hooks.masking import mask_fns
+from ..model.generation import Progress
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper, local_mapper
 from ..model.placement import spread
 from .perplexity import LOGIT_BUDGET
 
@@ -122,3 +124,18 @@ def next_token_logits(handle: ModelHandle, prompts, masks=(),
             if progress:
                 progress(done + 1, len(batches))
     return out
+
+
+def logits_shard(handle: ModelHandle, cases, progress: Progress | None = None, *, masks) -> list:
+    """A shard function (model.mapper): the next-token logits (d_vocab,) of each prompt of a shard,
+    float32 on the CPU, `masks` in force; progress counts the forward passes."""
+    step = (lambda done, total: progress(done, total, f"forward pass {done}/{total}")) if progress else None
+    return list(next_token_logits(handle, list(cases), masks, step))
+
+
+def mapped_logits(handle: ModelHandle, prompts, masks=(), mapper: Mapper | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """next_token_logits through a Mapper (here by default, else shards of prompts on the job engine):
+    (prompt, d_vocab) float32 in prompt order. progress(done, total) as the mapper reports."""
+    step = (lambda done, total, message="": progress(done, total)) if progress else None
+    return torch.stack((mapper or local_mapper(handle))(logits_shard, tuple(prompts), {"masks": tuple(masks)}, step))

@@ -20,9 +20,9 @@ from ..arch.adapters import Architecture
 from ..arch.spec import HeadRef
 from ..hooks.dispatch import SiteFn
 from ..hooks.masking import mask_fns, merge_fns
+from ..interventions.metrics import Target
 from ..interventions.ops import forward_last
 from ..interventions.sweep import BATCH_ROWS, TOKEN_BUDGET, with_clean
-from ..interventions.metrics import Target
 from ..model.loading import ModelHandle
 from .composition import composition_scores
 

@@ -26,8 +26,9 @@ from ..interventions.featureops import feature_mask, is_feature_name
 from ..interventions.metrics import kl_divergence, next_token_metrics, resolve_target
 from ..interventions.promptset import PromptCase
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper
 from ..model.tokens import token_strings
-from .capabilities import Capability, expected_ids, next_token_logits
+from .capabilities import Capability, expected_ids, mapped_logits
 from .perplexity import RESAMPLES, TextDocs, TextScore, bootstrap, check_window, score_text
 
 VERSION = 1  # bump when results of the same config would change
@@ -280,13 +281,14 @@ def prompts_of(config: CostConfig) -> list[str]:
 
 def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None,
                 text_before: TextScore | None = None, progress: CostProgress | None = None,
-                logits_before: torch.Tensor | None = None, logits_after: torch.Tensor | None = None) -> CostReport:
+                logits_before: torch.Tensor | None = None, mapper: Mapper | None = None) -> CostReport:
     """Measure the cost of `config.heads` against `config.masks` (see the module docstring).
 
     text: the general text (its digest must match the config's); text_before: its score with the
     masks in force when already known (the store keeps it: it is the same for every report);
     logits_before: likewise the next-token logits (n_prompts, d_vocab) of prompts_of(config);
-    logits_after: those with config.added in force, when computed elsewhere (a job engine).
+    mapper: where the forward passes run (model.mapper: here, or on the job engine's Ray actors).
+    forward_passes counts the passes reported back: each one here, one a shard on Ray.
     """
     t0 = time.perf_counter()
     if config.fingerprint != handle.fingerprint:
@@ -306,25 +308,20 @@ def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None =
 
     caps = config.capabilities
     prompts = prompts_of(config)
-    before = logits_before if logits_before is not None else next_token_logits(handle, prompts, config.masks,
-                                                                                  step("capabilities before"))
+    before = logits_before if logits_before is not None else mapped_logits(handle, prompts, config.masks, mapper,
+                                                                              step("capabilities before"))
     if before.shape[0] != len(prompts):
         raise BadInput(f"{before.shape[0]} rows of logits given for {len(prompts)} prompts")
     same = set(config.added) == set(config.masks)  # nothing new: after is before, exactly
-    if same:
-        after = before
-    elif logits_after is not None:
-        after = logits_after
-    else:
-        after = next_token_logits(handle, prompts, config.added, step("capabilities after"))
+    after = before if same else mapped_logits(handle, prompts, config.added, mapper, step("capabilities after"))
     groups = capability_cost(handle, caps, before[:len(caps)], after[:len(caps)])
     targets = target_cost(handle, config.targets, before[len(caps):], after[len(caps):])
     tcost = None
     if text is not None:
         if text_before is None:
-            text_before = score_text(handle, text, config.window, config.masks, step("text before"))
+            text_before = score_text(handle, text, config.window, config.masks, step("text before"), mapper)
         text_after = text_before if same else score_text(handle, text, config.window, config.added,
-                                                         step("text after"))
+                                                         step("text after"), mapper)
         tcost = text_cost(text_before, text_after, text, config.resamples, config.seed)
     else:
         notes.append("no general text was scored: install the corpus (bash synapse_core/features/install_corpus.sh) "

@@ -32,13 +32,11 @@ from ..arch.spec import HeadMask, HeadRef, Intervention, head_masks, normalize_m
 from ..common.errors import BadInput
 from ..common.hashing import content_hash
 from ..interventions.metrics import resolve_target
-from ..interventions.ops import OpSettings, prepare
 from ..interventions.promptset import PromptCase, prompt_set_metric
-from ..interventions.sweep import batched_scores
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper, local_mapper, stage_progress
 from ..model.tokens import encode_prompt
-from .atpstar import METHOD_STAR, attribute_heads_star
-from .attribution import METHOD, attribute_heads
+from .attribution import METHOD
 from .baseline import CircuitEffect, judge_circuit
 from .circuit import (
     EDGE_WEIGHT,
@@ -46,10 +44,10 @@ from .circuit import (
     PairEffect,
     choose_pairs,
     circuit_edges,
-    head_set_scores,
     pair_effect,
     random_head_sets,
 )
+from .discoshards import RANKINGS, head_sets_shard, rank_shard, verify_shard
 
 STAGES = ("ranking", "verification", "pairs", "baseline", "held_out")
 DiscoveryProgress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -58,7 +56,6 @@ PAIR_RANGE = (0, 190)
 MIN_DRAWS = 20
 RHO_HEADS = 30  # Spearman's rho is taken over the (up to) 30 heads of largest |estimate|
 VERSION = 2  # bump when results of the same config would change
-RANKINGS = {"atp*": (attribute_heads_star, METHOD_STAR), "atp": (attribute_heads, METHOD)}
 HOLDOUT = 0.5  # share of a prompt set held out of the discovery to judge its circuit out of sample
 
 
@@ -298,36 +295,36 @@ def spearman(x, y) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _effects(scores: dict, metric: str) -> np.ndarray:
-    """Each row's metric minus the clean row of its own pass: (n,) float64."""
-    return (scores[metric].double() - scores["clean_" + metric].double()).cpu().numpy()
+def discover(handle: ModelHandle, config: DiscoveryConfig, progress: DiscoveryProgress | None = None,
+             mapper: Mapper | None = None) -> DiscoveryResult:
+    """Run a discovery (see the module docstring). progress(stage, done, total) for each stage in STAGES.
 
-
-def discover(handle: ModelHandle, config: DiscoveryConfig,
-             progress: DiscoveryProgress | None = None) -> DiscoveryResult:
-    """Run a discovery (see the module docstring). progress(stage, done, total) for each stage in STAGES."""
+    mapper: where each stage's per-prompt work runs (model.mapper; the job engine's runs it on Ray);
+    the result is the same whichever runs it, since every stage is gathered in prompt order.
+    """
     t0 = time.perf_counter()
     arch, metric, masks = handle.arch, config.metric, config.masks
     report = progress or (lambda stage, done, total: None)
+    each = mapper or local_mapper(handle)
     cases = config.cases
     every_target = [resolve_target(handle, c.target, c.contrast) for c in cases]
     encoded = [encode_prompt(handle, c.prompt) for c in cases]
-    every_ids = [e[0] for e in encoded]
+    every_case = [(e[0], t) for e, t in zip(encoded, every_target)]  # (ids (1, pos), target)
     warnings = [w for e in encoded for w in e[1]] + [w for t in every_target for w in t.warnings]
     train, held = split_cases(len(cases), config.holdout, config.seed)
-    ids, targets = [every_ids[i] for i in train], [every_target[i] for i in train]  # steps 1-4: the training split
+    work = tuple(every_case[i] for i in train)  # steps 1-4: the training split
     n = len(train)
 
-    rank_fn, method = RANKINGS[config.ranking]
-    report("ranking", 0, n)
-    atts = []
-    for i in range(n):
-        atts.append(rank_fn(handle, ids[i], targets[i], metric, masks))
-        report("ranking", i + 1, n)
+    def stage(name, fn, **params):
+        report(name, 0, n)
+        return each(fn, work, dict(params, metric=metric, masks=masks), stage_progress(report, name))
+
+    method = RANKINGS[config.ranking][1]
+    atts = stage("ranking", rank_shard, ranking=config.ranking)
     rank_seconds = time.perf_counter() - t0
-    per_prompt = np.stack([a.estimates.numpy() for a in atts])  # (prompt, layer, head)
+    per_prompt = np.stack([est for est, _ in atts])  # (prompt, layer, head)
     estimates, estimate_std = per_prompt.mean(0), per_prompt.std(0)
-    ranking = np.stack([a.ranking.numpy() for a in atts]).mean(0)  # (layer, head): larger ranks first
+    ranking = np.stack([rank for _, rank in atts]).mean(0)  # (layer, head): larger ranks first
 
     masked = {m.ref for m in head_masks(masks)}
     pool = [HeadRef(layer, head) for layer in range(arch.n_layers) for head in range(arch.n_heads)
@@ -338,16 +335,10 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
 
     # every effect is taken against the clean row of its own batched pass (sweep.py), and the clean
     # metric is the first verification pass's clean row
-    ivs = [Intervention(r.layer, "attn.head", config.op, r.head) for r in chosen]
-    verified = np.zeros((n, len(chosen)))
-    clean = np.zeros(n)  # (prompt,)
-    report("verification", 0, n)
-    for i in range(n):
-        prepared = prepare(handle, ids[i], ivs, OpSettings(), masks)
-        scores, _ = batched_scores(handle, ids[i], prepared, targets[i], masks)
-        verified[i] = _effects(scores, metric)
-        clean[i] = float(scores["clean_" + metric][0])
-        report("verification", i + 1, n)
+    ivs = tuple(Intervention(r.layer, "attn.head", config.op, r.head) for r in chosen)
+    rows = stage("verification", verify_shard, interventions=ivs)
+    verified = np.stack([eff for eff, _ in rows]).reshape(n, len(chosen))  # (prompt, candidate)
+    clean = np.array([c for _, c in rows])  # (prompt,)
     ver_mean, ver_std = verified.mean(0), verified.std(0)
     candidates = sorted(
         (HeadEffect(r.layer, r.head, float(estimates[r.layer, r.head]), float(ver_mean[j]),
@@ -361,23 +352,20 @@ def discover(handle: ModelHandle, config: DiscoveryConfig,
 
     pair_list = choose_pairs([h.ref for h in heads], single, config.max_pair_sweeps)
     joint = np.zeros((n, len(pair_list)))
-    report("pairs", 0, n if pair_list else 0)
     if pair_list:
-        for i in range(n):
-            scores, _ = head_set_scores(handle, ids[i], pair_list, targets[i], masks)
-            joint[i] = _effects(scores, metric)
-            report("pairs", i + 1, n)
+        joint = np.stack([r[0] for r in stage("pairs", head_sets_shard, sets=pair_list)]).reshape(n, len(pair_list))
+    else:
+        report("pairs", 0, 0)
     pairs = tuple(pair_effect(a, b, joint[:, j], single[a], single[b]) for j, (a, b) in enumerate(pair_list))
 
     random_sets = random_head_sets(pool, len(circuit), config.baseline_draws, config.seed)
     singles = sum(single[r] for r in circuit)
     judge = {"circuit": circuit, "random_sets": random_sets, "metric": metric, "masks": masks, "seed": config.seed,
-             "sum_of_singles": singles, "report": report}
-    in_sample = judge_circuit(handle, ids, targets, train, stage="baseline", **judge)
+             "sum_of_singles": singles, "report": report, "mapper": each}
+    in_sample = judge_circuit(handle, work, train, stage="baseline", **judge)
     held_out = None
     if held:
-        held_out = judge_circuit(handle, [every_ids[i] for i in held], [every_target[i] for i in held], held,
-                                 stage="held_out", **judge)
+        held_out = judge_circuit(handle, [every_case[i] for i in held], held, stage="held_out", **judge)
     else:
         report("held_out", 0, 0)
 

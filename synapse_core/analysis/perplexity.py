@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from ..common.errors import BadInput, StoreError
 from ..hooks.dispatch import hooks
 from ..hooks.masking import mask_fns
+from ..model.generation import Progress
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper, local_mapper
 
 DEFAULT_WINDOW = 256
 MIN_WINDOW = 9  # a last window shorter than this is dropped
@@ -100,10 +102,35 @@ def check_length(docs: TextDocs, window: int) -> None:
                        "text or a smaller window")
 
 
+def ce_shard(handle: ModelHandle, cases, progress: Progress | None = None, *, masks) -> list:
+    """A shard function (model.mapper) over batches of windows: each case is one forward pass's windows
+    (token-id tuples, the longest first); its result is each window's summed cross-entropy (window,)
+    float64, with `masks` in force."""
+    out = []
+    fns = mask_fns(tuple(masks))
+    with torch.inference_mode(), hooks(handle.model, handle.arch, fns):
+        for done, batch in enumerate(cases):
+            width = len(batch[0])
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            valid = torch.zeros(len(batch), width - 1, dtype=torch.bool)
+            for r, piece in enumerate(batch):
+                ids[r, :len(piece)] = torch.tensor(piece)
+                valid[r, :len(piece) - 1] = True
+            ids = ids.to(handle.device)
+            logits = handle.model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (batch, pos - 1, d_vocab)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            out.append((ce.view(len(batch), -1) * valid.to(ce.device)).sum(1).double().cpu().numpy())
+            if progress:
+                progress(done + 1, len(cases), f"forward pass {done + 1}/{len(cases)}")
+    return out
+
+
 def score_text(handle: ModelHandle, docs: TextDocs, window: int = DEFAULT_WINDOW, masks=(),
-               progress: Callable[[int, int], None] | None = None) -> TextScore:
+               progress: Callable[[int, int], None] | None = None, mapper: Mapper | None = None) -> TextScore:
     """Summed cross-entropy of every window of `docs` with `masks` in force (one batched pass per
-    group of windows, longest first). progress(done, total) after each pass."""
+    group of windows, longest first). progress(done, total) as passes are done; mapper: where the
+    passes run (model.mapper: here, or shards of passes on the job engine's Ray actors; the groups
+    are the same, so the numbers are)."""
     check_length(docs, window)
     kept = windows(docs.documents, window)
     order = sorted(range(len(kept)), key=lambda i: -len(kept[i][1]))
@@ -113,24 +140,12 @@ def score_text(handle: ModelHandle, docs: TextDocs, window: int = DEFAULT_WINDOW
         rows = max(1, LOGIT_BUDGET // (len(kept[order[i]][1]) * vocab))
         batches.append(order[i:i + rows])
         i += rows
+    cases = tuple(tuple(kept[k][1] for k in batch) for batch in batches)
+    step = (lambda done, total, message="": progress(done, total)) if progress else None
+    sums = (mapper or local_mapper(handle))(ce_shard, cases, {"masks": tuple(masks)}, step)
     ce_sum = np.zeros(len(kept))
-    fns = mask_fns(tuple(masks))
-    with torch.inference_mode(), hooks(handle.model, handle.arch, fns):
-        for done, batch in enumerate(batches):
-            width = len(kept[batch[0]][1])
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            valid = torch.zeros(len(batch), width - 1, dtype=torch.bool)
-            for r, k in enumerate(batch):
-                piece = kept[k][1]
-                ids[r, :len(piece)] = torch.tensor(piece)
-                valid[r, :len(piece) - 1] = True
-            ids = ids.to(handle.device)
-            logits = handle.model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (batch, pos - 1, d_vocab)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-            ce = (ce.view(len(batch), -1) * valid.to(ce.device)).sum(1).double().cpu().numpy()
-            ce_sum[batch] = ce
-            if progress:
-                progress(done + 1, len(batches))
+    for batch, ce in zip(batches, sums):
+        ce_sum[batch] = ce
     return TextScore(window=int(window), doc_of=np.array([d for d, _ in kept]), ce_sum=ce_sum,
                      predicted=np.array([len(w) - 1 for _, w in kept]))
 

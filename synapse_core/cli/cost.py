@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..common.errors import BadInput, StoreError
 from . import common as cli
+from .promptsets import add_engine_args, engine_of
 
 
 def add_parser(sub) -> None:
@@ -31,8 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target", default=None, help="the unwanted token, e.g. \" Sydney\"")
     p.add_argument("--contrast", default=None, help="the token it is measured against")
     p.add_argument("--no-masks", action="store_true", help="measure against the raw model, not the quarantine in force")
-    p.add_argument("--engine", default=None, choices=("local", "ray"),
-                   help="where the prompts' logits run: local (default; or SYNAPSE_ENGINE) or ray (SYNAPSE_RAY_*)")
+    add_engine_args(p, "the report's forward passes")
 
 
 def _prompt_set(path: str | None):
@@ -57,7 +57,6 @@ def run(args) -> None:
     from ..governance.featurestore import in_force
     from ..interventions.featureops import is_feature_name
     from ..interventions.promptset import PromptCase
-    from ..jobs.config import engine_config
 
     names = [n for arg in args.heads for n in arg.replace(",", " ").split()]
     features = [n for n in names if is_feature_name(n)]
@@ -81,7 +80,7 @@ def run(args) -> None:
             notes.append(f"general text skipped: {exc}")
     targets = [PromptCase(args.prompt, args.target, args.contrast or None)] if args.prompt else []
     config = cost_config(handle, heads, masks, text, window, caps, targets, level=args.level)
-    exp = run_cost(handle, config, text, engine=engine_config(args.engine))
+    exp = run_cost(handle, config, text, engine=engine_of(args))
     r = exp.result
     payload = dict(r.to_json(), experiment=exp.hash, from_cache=exp.from_cache,
                    perplexity_change=None if r.text is None else r.text.perplexity_change,

@@ -3,7 +3,8 @@
     python -m synapse_core discover --prompt "When Mary and John went to the store, John gave a drink to" \
         --target " Mary" --contrast " John" --top-k 5 --max-pair-sweeps 10 --json
 
---prompts-file takes `prompt | target | contrast` lines, or a .csv with columns prompt, target[, contrast].
+--prompts-file (or --prompt-set) takes `prompt | target | contrast` lines, or a .csv with columns prompt,
+target[, contrast]; --engine ray runs each stage's per-prompt work on a Ray cluster (the same experiment).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 from ..common.errors import BadInput
 from . import common as cli
+from .promptsets import add_engine_args, engine_of
 
 
 def _discover_args(p):
@@ -19,7 +21,7 @@ def _discover_args(p):
     p.add_argument("--prompt", default=None)
     p.add_argument("--target", default=None, help="the token to explain, e.g. \" Mary\" (mind the leading space)")
     p.add_argument("--contrast", default=None, help="metric = logit(target) - logit(contrast); else log p(target)")
-    p.add_argument("--prompts-file", default=None, metavar="F",
+    p.add_argument("--prompts-file", "--prompt-set", default=None, metavar="F",
                    help="a prompt set: `prompt | target | contrast` lines, or a .csv (prompt,target,contrast)")
     p.add_argument("--top-k", type=int, default=5, help="heads in the circuit, 1-20 (default 5)")
     p.add_argument("--max-pair-sweeps", type=int, default=10, help="pairs ablated together, 0-190 (default 10)")
@@ -30,6 +32,7 @@ def _discover_args(p):
                    help="rank heads by attribution patching (default) or AtP* (later softmaxes recomputed, GradDrop: "
                         "misses fewer heads, ~25x slower ranking)")
     p.add_argument("--progress", action="store_true", help="print each stage's progress on stderr")
+    add_engine_args(p, "each stage's per-prompt work")
 
 
 def _cases(args):
@@ -58,7 +61,7 @@ def _discover(args):
     if args.progress:
         def progress(stage, done, total):
             print(f"{stage} {done}/{total}", file=sys.stderr, flush=True)
-    exp = run_discovery(handle, config, progress=progress)
+    exp = run_discovery(handle, config, progress=progress, engine=engine_of(args))
     r = exp.result
     payload = dict(r.to_json(), experiment=exp.hash, from_cache=exp.from_cache)
     rho = "n/a" if r.spearman_rho is None else f"{r.spearman_rho:.2f}"

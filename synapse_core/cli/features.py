@@ -6,6 +6,7 @@
     python -m synapse_core features train --site layers.8.resid.post --d-sae 4608 --tokens 2000000 --json
     python -m synapse_core features train --site layers.5.mlp.in --site-out layers.5.mlp.out --json  # transcoder
     python -m synapse_core features eval layers.8.resid.post.sae --json
+    python -m synapse_core features train --site layers.8.resid.post --engine ray --ray-actors 4  # harvest on Ray
 
 `list --json` prints `saes` (name, layer, site, path, d_sae, k and the quality figures); `show`
 prints `feature`, `label`, `density` and `top_contexts` (highest first: the window's `token_ids`,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from ..common.errors import BadInput
 from . import common as cli
+from .promptsets import add_engine_args, engine_of
 
 QUALITY_KEYS = ("l0", "dead_frac", "dense_frac", "fve", "fve_trimmed", "loss_recovered", "ce_increase")
 
@@ -47,12 +49,14 @@ def _args(p):
     tr.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="the SAE folder (default $SYNAPSE_HOME/features/SITE.sae)")
+    add_engine_args(tr, "the harvest's forward passes")
     ev = sub.add_parser("eval", help="quality of an SAE on held-out text, and its feature statistics")
     cli.add_model_args(ev)
     ev.add_argument("sae", help="an SAE name, e.g. layers.15.resid.post.sae")
     ev.add_argument("--contexts", type=int, default=200, help="held-out contexts")
     ev.add_argument("--ctx-len", type=int, default=128)
     ev.add_argument("--ce-contexts", type=int, default=16, help="contexts for the loss figures")
+    add_engine_args(ev, "the harvest's forward passes")
 
 
 def _quality_text(q: dict) -> str:
@@ -138,6 +142,13 @@ def _progress_bar(args, width: int = 30):
     return progress
 
 
+def _mapper(handle, args):
+    """Where a harvest's batches run: --engine / SYNAPSE_ENGINE (local, or Ray actors)."""
+    from ..jobs.engine import mapper
+
+    return mapper(handle, engine_of(args))
+
+
 def _train(args):
     from ..features.train import TrainConfig
     from ..features.workflow import RunConfig, site_pair, train_site
@@ -153,7 +164,7 @@ def _train(args):
                        scale_tokens=min(20_000, args.contexts * (args.ctx_len - 1)))
     run = RunConfig(contexts=args.contexts, ctx_len=args.ctx_len, seed=args.seed)
     folder, res = train_site(handle, args.site, tcfg, run, args.out, site_out=args.site_out,
-                             progress=_progress_bar(args))
+                             progress=_progress_bar(args), mapper=_mapper(handle, args))
     payload = {"path": str(folder), "steps": res.steps_done, "seconds": res.seconds,
                "tokens_per_s": res.tokens_per_s, "metrics": res.last_metrics}
     cli.emit(args, payload, f"trained {folder} in {res.seconds:.0f} s ({res.tokens_per_s:.0f} tokens/s)")
@@ -166,7 +177,8 @@ def _eval(args):
         raise BadInput("--contexts and --ce-contexts must be at least 1")
     handle = cli.load(args)
     q = evaluate_sae(handle, args.sae, RunConfig(contexts=args.contexts, ctx_len=args.ctx_len,
-                                                 ce_contexts=min(args.ce_contexts, args.contexts)), log=_log(args))
+                                                 ce_contexts=min(args.ce_contexts, args.contexts)), log=_log(args),
+                     mapper=_mapper(handle, args))
     cli.emit(args, {"sae": args.sae, "quality": q.to_json()}, f"{args.sae}: {_quality_text(q.to_json())}")
 
 

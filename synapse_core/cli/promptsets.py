@@ -18,8 +18,13 @@ from . import common as cli
 def add_job_args(p) -> None:
     p.add_argument("--prompt-set", default=None, metavar="FILE",
                    help="run over a prompt set: `prompt | target | contrast` lines, or a .csv (prompt,target,contrast)")
+    add_engine_args(p, "a prompt set")
+
+
+def add_engine_args(p, what: str) -> None:
+    """--engine, --ray-address, --ray-actors: where `what` runs (read back by engine_of)."""
     p.add_argument("--engine", default=None, choices=("local", "ray"),
-                   help="where a prompt set runs: local (default; or SYNAPSE_ENGINE) or ray")
+                   help=f"where to run {what}: local (default; or SYNAPSE_ENGINE) or ray")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray://head:10001, host:port or auto (default SYNAPSE_RAY_ADDRESS; none: a local cluster)")
     p.add_argument("--ray-actors", type=int, default=None, metavar="N",
@@ -43,7 +48,8 @@ def require_prompt(args) -> None:
         raise BadInput("give --prompt and --target (or --prompt-set FILE)")
 
 
-def _engine(args):
+def engine_of(args):
+    """The EngineConfig of add_engine_args' flags, over SYNAPSE_ENGINE / SYNAPSE_RAY_*."""
     from ..jobs.config import engine_config
 
     return engine_config(args.engine, args.ray_address, args.ray_actors)
@@ -70,7 +76,7 @@ def ablate_set(args, cases, ivs, settings) -> None:
     """Evaluate the interventions over the prompt set; print per-prompt and aggregate results."""
     from ..experiments.records import promptset_config, run_experiment
 
-    engine = _engine(args)
+    engine = engine_of(args)
     handle = cli.load(args)
     masks = cli.run_masks(args, handle)
     config = promptset_config(handle, cases, ivs, masks, settings)
@@ -96,7 +102,7 @@ def sweep_set(args, cases, sites, positions, source, settings, batch_rows) -> No
     """Sweep every head (or layer site) on each prompt of the set; print each map and their mean."""
     from ..experiments.records import promptsweep_config, run_experiment
 
-    engine = _engine(args)
+    engine = engine_of(args)
     handle = cli.load(args)
     masks = cli.run_masks(args, handle)
     config = promptsweep_config(handle, cases, sites, args.mode, positions, source, masks=masks, settings=settings)

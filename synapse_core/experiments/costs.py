@@ -10,52 +10,52 @@ from dataclasses import asdict
 
 import torch
 
+from ..analysis.capabilities import mapped_logits
 from ..analysis.cheapest import CheapestSet, TradeoffPoint, pareto_front
 from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_config, cost_report, prompts_of
 from ..analysis.perplexity import TextDocs, TextScore, score_text
 from ..common.errors import BadInput, StoreError
 from ..jobs.config import EngineConfig
-from ..jobs.tasks import run_prompt_logits
+from ..jobs.engine import Cancel, mapper
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper
 from .records import Experiment, StoredExperiment, load_experiment
 from .store import ResultStore
 
 
 def _text_before(handle: ModelHandle, config: CostConfig, text: TextDocs, store: ResultStore,
-                 progress: CostProgress | None) -> TextScore:
+                 progress: CostProgress | None, each: Mapper) -> TextScore:
     key = {"model": config.model, "fingerprint": config.fingerprint, "dtype": config.dtype, "text": text.digest,
            "window": config.window, "masks": [asdict(m) for m in config.masks]}
     step = (lambda done, total: progress("text before", done, total)) if progress else None
     entry, _, _ = store.get_or_compute("textscore", key, lambda: score_text(handle, text, config.window,
-                                                                            config.masks, step))
+                                                                            config.masks, step, each))
     if not isinstance(entry.result, TextScore):
         raise StoreError(f"result {entry.key} is a {entry.kind} entry, not a text score")
     return entry.result
 
 
-def _stage(progress: CostProgress | None, stage: str):
-    return (lambda done, total, message: progress(stage, done, total)) if progress else None
-
-
 def _logits_before(handle: ModelHandle, config: CostConfig, store: ResultStore,
-                   progress: CostProgress | None, engine: EngineConfig | None = None) -> torch.Tensor:
+                   progress: CostProgress | None, each: Mapper) -> torch.Tensor:
     """The prompts' next-token logits with the masks in force, kept like the text score."""
     prompts = prompts_of(config)
     key = {"model": config.model, "fingerprint": config.fingerprint, "dtype": config.dtype, "prompts": prompts,
            "masks": [asdict(m) for m in config.masks]}
-    step = _stage(progress, "capabilities before")
+    step = (lambda done, total: progress("capabilities before", done, total)) if progress else None
     entry, _, _ = store.get_or_compute("promptlogits", key,
-                                       lambda: run_prompt_logits(handle, prompts, config.masks, engine, step))
+                                       lambda: mapped_logits(handle, prompts, config.masks, each, step))
     if not isinstance(entry.result, torch.Tensor):
         raise StoreError(f"result {entry.key} is a {entry.kind} entry, not prompt logits")
     return entry.result
 
 
 def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = None, store: ResultStore | None = None,
-             progress: CostProgress | None = None, engine: EngineConfig | None = None) -> Experiment:
+             progress: CostProgress | None = None, engine: EngineConfig | None = None,
+             cancel: Cancel | None = None) -> Experiment:
     """Answer from the store when this exact report was made before, else measure and store it.
-    The prompts' logits run on `engine` (default local, in this process); the engine is not part of
-    the report's hash and changes none of its numbers (forward_passes counts this process's passes).
+    The text's and the prompts' forward passes run on `engine` (default local, in this process); the
+    engine is not part of the report's hash and changes none of its numbers (forward_passes counts
+    the passes reported back: one a shard on Ray). cancel() turning true stops it, storing nothing.
 
     >>> exp = run_cost(handle, cost_config(handle, ["0.6", "23.5"], text=corpus_docs(handle)), corpus_docs(handle))
     >>> exp.result.verdict()
@@ -65,14 +65,12 @@ def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = No
                        f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
     store = store or ResultStore()
 
+    each = mapper(handle, engine, cancel)
+
     def compute():
-        before = _text_before(handle, config, text, store, progress) if text is not None else None
-        logits = _logits_before(handle, config, store, progress, engine)
-        after = None  # locally cost_report runs them, counting its passes, as before
-        if engine is not None and engine.engine != "local" and set(config.added) != set(config.masks):
-            after = run_prompt_logits(handle, prompts_of(config), config.added, engine,
-                                      _stage(progress, "capabilities after"))
-        return StoredExperiment(config, cost_report(handle, config, text, before, progress, logits, after))
+        before = _text_before(handle, config, text, store, progress, each) if text is not None else None
+        logits = _logits_before(handle, config, store, progress, each)
+        return StoredExperiment(config, cost_report(handle, config, text, before, progress, logits, each))
 
     entry, from_cache, notes = store.get_or_compute(
         config.kind, config, compute, summary={"kind": config.kind, "model": config.model, "title": config.title})

@@ -20,6 +20,7 @@ import torch
 from ..common.errors import BadInput, StoreError
 from ..common.files import atomic_write_json
 from ..hooks import dispatch
+from ..model.mapper import Mapper, local_mapper
 
 # execution order of the sites inside one layer; mlp.in is the MLP's input (after its norm)
 SITE_ORDER = ("attn.out", "mlp.in", "mlp.out", "resid.post")
@@ -131,15 +132,31 @@ class ActivationStore:
         return np.load(self.folder / f"{site}.npy", mmap_mode="r")[: self.n_done]
 
 
+def capture_shard(handle, cases, progress=None, *, sites: tuple[Site, ...]) -> list:
+    """A shard function (model.mapper) over batches of contexts: each case is token ids (batch, pos)
+    int32; its result is {site name: activations (batch, pos, d) float16}, as the store keeps them."""
+    out = []
+    for done, ids in enumerate(cases):
+        got = capture(handle, torch.from_numpy(np.asarray(ids)).long(), sites)
+        out.append({s.name: got[s].float().clamp(-65000, 65000).cpu().numpy().astype(np.float16) for s in sites})
+        if progress:
+            progress(done + 1, len(cases), f"batch {done + 1}/{len(cases)}")
+    return out
+
+
 def harvest(handle, sites: Sequence[str], contexts: Iterable[np.ndarray], n_contexts: int, folder: Path,
             ctx_len: int, batch_size: int = 8, progress: ProgressFn | None = None,
-            should_stop: Callable[[], bool] | None = None) -> ActivationStore:
+            should_stop: Callable[[], bool] | None = None, mapper: Mapper | None = None) -> ActivationStore:
     """Run `n_contexts` packed contexts (each int32 (ctx_len,)) through the model in batches and
     write the activations of `sites` (names such as 'layers.15.resid.post') under `folder`.
 
     Resumes a partial harvest of the same sites and shape in `folder` (the first contexts are
     skipped, so `contexts` must yield the same sequence again); a harvest made for more contexts
     serves a request for fewer (its first n_contexts). Returns the store.
+
+    mapper: where the batches run (model.mapper): here one at a time, or `cases_per_call` batches at
+    once on the job engine's Ray actors, written in order as they come back. The batches are the
+    same either way, so the activations are.
     """
     parsed = [parse_site(s, handle.arch.n_layers) for s in sites]
     for s in parsed:
@@ -171,19 +188,26 @@ def harvest(handle, sites: Sequence[str], contexts: Iterable[np.ndarray], n_cont
     n_contexts = want
     for _ in range(done if done < n_contexts else 0):
         next(it)
+    each = mapper or local_mapper(handle)
     while done < n_contexts:
         if should_stop is not None and should_stop():
             break
-        batch = [next(it, None) for _ in range(min(batch_size, n_contexts - done))]
-        batch = [b for b in batch if b is not None]
-        if not batch:
+        group, wanted = [], done
+        while len(group) < max(1, each.cases_per_call) and wanted < n_contexts:
+            take = min(batch_size, n_contexts - wanted)
+            batch = [b for b in (next(it, None) for _ in range(take)) if b is not None]
+            if batch:
+                group.append(np.stack(batch).astype(np.int32))  # (batch, pos)
+                wanted += len(batch)
+            if len(batch) < take:
+                break  # the corpus ran out: what it gave is written, the next round says so
+        if not group:
             raise BadInput(f"the corpus ran out after {done} contexts; asked for {n_contexts}")
-        ids = torch.from_numpy(np.stack(batch)).long()  # (batch, pos)
-        got = capture(handle, ids, parsed)
-        for s in parsed:
-            maps[s][done:done + len(batch)] = got[s].float().clamp(-65000, 65000).cpu().numpy().astype(np.float16)
-        tok_map[done:done + len(batch)] = ids.numpy()
-        done += len(batch)
+        for ids, got in zip(group, each(capture_shard, tuple(group), {"sites": tuple(parsed)})):
+            for s in parsed:
+                maps[s][done:done + len(ids)] = got[s.name]
+            tok_map[done:done + len(ids)] = ids
+            done += len(ids)
         for m in (*maps.values(), tok_map):
             m.flush()
         meta["done"] = done

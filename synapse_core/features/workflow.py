@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..common import settings
 from ..common.errors import BadInput
+from ..model.mapper import Mapper
 from . import catalog, corpus, stats
 from .evaluate import Quality, activation_figures, ce_figures, quality
 from .harvest import SITE_ORDER, Site, harvest, parse_site
@@ -51,7 +52,7 @@ def _work(name: str, split: str, run: RunConfig) -> Path:
 
 
 def _harvest(handle, sites: list[str], split: str, run: RunConfig, folder: Path, log: Log | None,
-             progress: StageProgress | None = None, should_stop: Stop | None = None):
+             progress: StageProgress | None = None, should_stop: Stop | None = None, mapper: Mapper | None = None):
     ctxs = corpus.contexts(handle.tokenizer, split, run.ctx_len, run.contexts, seed=run.seed)
 
     def report(d, n):
@@ -61,7 +62,7 @@ def _harvest(handle, sites: list[str], split: str, run: RunConfig, folder: Path,
             progress("harvest", d, n)
 
     return harvest(handle, sites, ctxs, run.contexts, folder, run.ctx_len, batch_size=run.batch_size,
-                   progress=report, should_stop=should_stop)
+                   progress=report, should_stop=should_stop, mapper=mapper)
 
 
 def site_pair(handle, site: str, site_out: str | None = None) -> tuple[Site, Site | None]:
@@ -80,19 +81,20 @@ def site_pair(handle, site: str, site_out: str | None = None) -> tuple[Site, Sit
 
 def train_site(handle, site: str, tcfg: TrainConfig, run: RunConfig = RunConfig(), out: Path | None = None,
                log: Log | None = None, site_out: str | None = None, progress: StageProgress | None = None,
-               should_stop: Stop | None = None) -> tuple[Path | None, TrainResult | None]:
+               should_stop: Stop | None = None, mapper: Mapper | None = None) -> tuple[Path | None, TrainResult | None]:
     """Harvest `run.contexts` training contexts at `site` (and `site_out` for a transcoder), train a
     Top-K SAE or transcoder with `tcfg` and save it in SAELens format; returns (folder, result).
 
     progress(stage, done, total) reports the harvest ("harvest", contexts) and the training ("train",
     steps). When should_stop() says yes the run stops, the harvest and a training checkpoint stay in
     the work folder, and (None, result or None) comes back; calling again with the same settings
-    resumes where it stopped.
+    resumes where it stopped. mapper: where the harvest's forward passes run (model.mapper; the job
+    engine's runs them on Ray actors, with the same activations).
     """
     s_in, s_out = site_pair(handle, site, site_out)
     name = sae_name(s_in.name, None if s_out is None else s_out.name)
     sites = [s_in.name] + ([] if s_out is None else [s_out.name])
-    store = _harvest(handle, sites, "train", run, _work(name, "train", run), log, progress, should_stop)
+    store = _harvest(handle, sites, "train", run, _work(name, "train", run), log, progress, should_stop, mapper)
     if store.n_done < run.contexts:
         return None, None
     d = handle.arch.d_model
@@ -119,7 +121,7 @@ def train_site(handle, site: str, tcfg: TrainConfig, run: RunConfig = RunConfig(
 
 
 def evaluate_sae(handle, name: str, run: RunConfig = RunConfig(contexts=200), log: Log | None = None,
-                 dirs: list[Path] | None = None) -> Quality:
+                 dirs: list[Path] | None = None, mapper: Mapper | None = None) -> Quality:
     """Quality of the SAE called `name` on held-out text, and its feature statistics and automatic
     labels written beside it (feature_stats.*), so the browser and `features show` can read them.
 
@@ -129,7 +131,7 @@ def evaluate_sae(handle, name: str, run: RunConfig = RunConfig(contexts=200), lo
     if sae.cfg.is_transcoder:
         raise BadInput(f"{name} is a transcoder: `features eval` measures SAEs")
     store = _harvest(handle, [parse_site(info.hook_name).name], "heldout", run,
-                     _work(info.name, "heldout", run), log)
+                     _work(info.name, "heldout", run), log, mapper=mapper)
     site = parse_site(info.hook_name).name
     acts, tokens = store.acts(site), store.tokens()
     ce = ce_figures(handle, {site: sae}, tokens[: run.ce_contexts])[site]

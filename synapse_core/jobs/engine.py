@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ..model.generation import Progress
 from ..model.loading import ModelHandle
+from ..model.mapper import Mapper, local_mapper
 from .config import EngineConfig, JobCancelled
 
 Cancel = Callable[[], bool]  # returns True once the job should stop
@@ -48,10 +49,19 @@ def run_job(handle: ModelHandle, fn: Callable, cases, params: dict | None = None
     if cancel is not None and cancel():
         raise JobCancelled("cancelled before it started")
     if engine.engine == "local":
-        out = list(fn(handle, cases, progress=_checked(progress, cancel), **params))
+        out = local_mapper(handle)(fn, cases, params, _checked(progress, cancel))
     else:
         from .raypool import run_on_ray
 
         out = run_on_ray(handle, fn, cases, params, engine, progress, cancel)
     assert len(out) == len(cases), f"{len(out)} results for {len(cases)} cases"
     return out
+
+
+def mapper(handle: ModelHandle, engine: EngineConfig | None = None, cancel: Cancel | None = None) -> Mapper:
+    """A model.mapper.Mapper that runs every shard function through run_job on `engine`: what the
+    analysis and features code (discovery, harvesting, text scoring) is handed to run on Ray."""
+    engine = engine or EngineConfig()
+    per_call = 1 if engine.engine == "local" else 4 * (engine.ray_actors or 2)  # about four shards an actor
+    return Mapper(lambda fn, cases, params, progress: run_job(handle, fn, cases, params, engine, progress, cancel),
+                  cases_per_call=per_call)

@@ -1,5 +1,6 @@
-"""The long jobs, each on either engine: evaluating an intervention over a prompt set, sweeping
-every head (or layer site) over a prompt set, and the next-token logits of a cost report's prompts.
+"""Prompt-set jobs on either engine: evaluating an intervention over a prompt set and sweeping every
+head (or layer site) over a prompt set. (Discovery over a prompt set, activation harvesting and cost
+reports take the engine as a model.mapper.Mapper: engine.mapper.)
 
 Each job is a module-level shard function (what a worker runs on a slice of the cases) and a
 driver function that runs it through `run_job` and builds the result from the per-case results in
@@ -7,9 +8,6 @@ case order with the same summary the single-process code uses, so both engines g
 """
 from __future__ import annotations
 
-import torch
-
-from ..analysis.capabilities import next_token_logits
 from ..arch.spec import normalize_masks
 from ..common.errors import BadInput
 from ..interventions.ops import OpSettings
@@ -66,20 +64,3 @@ def run_prompt_sweep(handle: ModelHandle, cases, sites=("attn.head",), op: str =
                   metric=prompt_set_metric(cases, metric), masks=tuple(masks), settings=settings,
                   batch_rows=batch_rows)
     return summarize_prompt_sweep(cases, run_job(handle, sweep_shard, cases, params, engine, progress, cancel))
-
-
-def logits_shard(handle: ModelHandle, cases, progress: Progress | None = None, *, masks) -> list:
-    """The next-token logits (d_vocab,) of each prompt of a shard, float32 on the CPU, masks in force."""
-    step = (lambda done, total: progress(done, total, f"forward pass {done}/{total}")) if progress else None
-    return list(next_token_logits(handle, list(cases), masks, step))
-
-
-def run_prompt_logits(handle: ModelHandle, prompts, masks=(), engine: EngineConfig | None = None,
-                      progress: Progress | None = None, cancel: Cancel | None = None) -> torch.Tensor:
-    """next_token_logits on the chosen engine: (prompt, d_vocab), float32, in prompt order. Locally one
-    call over every prompt, exactly as before; on Ray shards of prompts, batched within each shard."""
-    prompts = tuple(prompts)
-    if not prompts:
-        raise BadInput("no prompts to run")
-    rows = run_job(handle, logits_shard, prompts, {"masks": tuple(masks)}, engine, progress, cancel)
-    return torch.stack(rows)

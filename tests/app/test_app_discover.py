@@ -231,8 +231,8 @@ def test_heads_that_interact_are_said_to_with_the_pair_results(tiny_folder, monk
 
     real = ui_discover.run_discovery
 
-    def interacting(handle, config, store=None, progress=None):
-        exp = real(handle, config, store, progress)
+    def interacting(handle, config, store=None, progress=None, **kwargs):
+        exp = real(handle, config, store, progress, **kwargs)
         c = exp.result.circuit
         words = ("the heads interact: ablated together these 3 heads raise logit_diff by 3.96, the opposite of what "
                  "they do alone (each lowers it; their single effects sum to -2.1)")
@@ -257,3 +257,34 @@ def test_heads_that_interact_are_said_to_with_the_pair_results(tiny_folder, monk
     assert len(pair_tables) == 2  # under the verdict, and in the Pairs section
     explained = pair_tables[0]
     assert len(explained) == 3 and explained["interaction"].abs().is_monotonic_decreasing
+
+
+def test_a_discovery_cancelled_on_the_page_says_so_and_stores_nothing(tiny_folder, monkeypatch):
+    """The Discover page runs through ui/jobs.py: Cancel (its flag, set here after the first stage
+    report) stops the discovery at its next report, nothing is stored and the page says so once."""
+    from synapse_core.common import settings
+    from synapse_core.experiments.records import list_experiments
+    from ui import jobs
+
+    real = ui_discover.run_discovery
+    stages = []
+
+    def press_cancel(handle, config, store=None, progress=None, **kwargs):
+        def report(stage, done, total):
+            stages.append(stage)
+            jobs._flag(ui_discover.JOB).set()  # what the Cancel button's on_click does
+            progress(stage, done, total)
+        return real(handle, config, store, report, **kwargs)
+
+    monkeypatch.setattr(ui_discover, "run_discovery", press_cancel)
+    at = tiny_discover_page(tiny_folder)
+    at.text_area(key="discover_prompt").input("the cat sat on the mat and the dog ran to the")
+    at.text_input(key="discover_target").input("cat")
+    at.text_input(key="discover_contrast").input("dog")
+    stored = {s.hash for s in list_experiments(core.result_store(str(settings.subdir("results"))))[0]}
+    at = at.button(key="discover_run_button").click().run()
+    assert not at.exception and not at.error and stages[0] == "ranking"
+    assert core.LAST_DISCOVERY not in at.session_state
+    assert [w.value for w in at.warning if "cancelled" in w.value] == [
+        "The run was cancelled (cancelled before it started); nothing of it was stored."]
+    assert {s.hash for s in list_experiments(core.result_store(str(settings.subdir("results"))))[0]} == stored

@@ -385,7 +385,7 @@ def test_verified_effects_take_the_clean_run_from_their_own_batched_pass(tiny, m
         handle.arch.out_proj[1].weight[:, 3 * tiny.D_HEAD:4 * tiny.D_HEAD] = 0  # head 1.3 writes nothing
     shifted = lambda *a, **k: (lambda att: dataclasses.replace(  # noqa: E731
         att, clean=att.clean + 1.0, clean_logits=att.clean_logits + torch.arange(att.clean_logits.numel())))(
-        discovery.attribute_heads(*a, **k))
+        attribute_heads(*a, **k))
     monkeypatch.setitem(discovery.RANKINGS, "atp", (shifted, "shifted"))
     r = discover(handle, discovery_config(handle, PROMPT, TARGET, CONTRAST, top_k_heads=2, verify_heads=8))
     by_name = {h.ref: h for h in r.candidates}
