@@ -86,10 +86,9 @@ def expected_ids(handle: ModelHandle, caps) -> list[int]:
     return out
 
 
-def next_token_logits(handle: ModelHandle, prompts, masks=(),
-                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Last-position logits (n_prompts, d_vocab), float32 on the CPU, of every prompt with `masks` in
-    force; prompts of similar length share a forward pass."""
+def logit_batches(handle: ModelHandle, prompts) -> tuple[list[list[int]], list[list[int]]]:
+    """(token ids of each prompt, the prompts' indices grouped into forward passes): prompts of similar
+    length share a pass, as many as LOGIT_BUDGET allows. A group run again alone stays one group."""
     encoded = [handle.tokenizer(p).input_ids for p in prompts]
     for p, ids in zip(prompts, encoded):
         if not ids:
@@ -105,6 +104,15 @@ def next_token_logits(handle: ModelHandle, prompts, masks=(),
         current.append(i)
     if current:
         batches.append(current)
+    return encoded, batches
+
+
+def next_token_logits(handle: ModelHandle, prompts, masks=(),
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Last-position logits (n_prompts, d_vocab), float32 on the CPU, of every prompt with `masks` in
+    force; prompts of similar length share a forward pass (logit_batches)."""
+    encoded, batches = logit_batches(handle, prompts)
+    vocab = handle.model.get_output_embeddings().weight.shape[0]
     out = torch.empty(len(encoded), vocab)
     with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(tuple(masks))):
         for done, batch in enumerate(batches):
@@ -127,15 +135,28 @@ def next_token_logits(handle: ModelHandle, prompts, masks=(),
 
 
 def logits_shard(handle: ModelHandle, cases, progress: Progress | None = None, *, masks) -> list:
-    """A shard function (model.mapper): the next-token logits (d_vocab,) of each prompt of a shard,
-    float32 on the CPU, `masks` in force; progress counts the forward passes."""
-    step = (lambda done, total: progress(done, total, f"forward pass {done}/{total}")) if progress else None
-    return list(next_token_logits(handle, list(cases), masks, step))
+    """A shard function (model.mapper) over forward passes: each case is one pass's prompts (a group of
+    logit_batches); its result is their next-token logits (prompt, d_vocab), float32 on the CPU."""
+    out = []
+    for done, prompts in enumerate(cases):
+        out.append(next_token_logits(handle, list(prompts), masks))
+        if progress:
+            progress(done + 1, len(cases), f"forward pass {done + 1}/{len(cases)}")
+    return out
 
 
 def mapped_logits(handle: ModelHandle, prompts, masks=(), mapper: Mapper | None = None,
                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """next_token_logits through a Mapper (here by default, else shards of prompts on the job engine):
-    (prompt, d_vocab) float32 in prompt order. progress(done, total) as the mapper reports."""
+    """next_token_logits through a Mapper (here by default, else its passes on the job engine's actors):
+    (prompt, d_vocab) float32 in prompt order. Each pass holds the same prompts wherever it runs, so
+    the logits are the same. progress(done, total) in passes, as the mapper reports them."""
+    prompts = list(prompts)
+    _, batches = logit_batches(handle, prompts)
     step = (lambda done, total, message="": progress(done, total)) if progress else None
-    return torch.stack((mapper or local_mapper(handle))(logits_shard, tuple(prompts), {"masks": tuple(masks)}, step))
+    rows = (mapper or local_mapper(handle))(logits_shard, tuple(tuple(prompts[k] for k in b) for b in batches),
+                                            {"masks": tuple(masks)}, step)
+    vocab = handle.model.get_output_embeddings().weight.shape[0]
+    out = torch.empty(len(prompts), vocab)
+    for batch, logits in zip(batches, rows):
+        out[batch] = logits
+    return out

@@ -1,7 +1,8 @@
 """The ray engine against a real Ray cluster: a head on loopback with two CPU workers, started once
 for this module and shut down after. A prompt-set evaluation and a sweep over a prompt set on the
 bundled model give the local engine's numbers (1e-5, float32) and the same experiment hash, and a
-model actor killed mid-job is restarted by Ray, its shard re-run, and the result still complete."""
+model actor killed mid-job is restarted by Ray, its shard re-run, and the result still complete. A cost
+report (text and prompts), a discovery over a prompt set and a harvest give the local results too."""
 import json
 import os
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray engine's tests need Ray: pip install 'synapse-interp[ray]'")
-pytestmark = pytest.mark.slow  # a Ray cluster starts and stops: the slow tier (make test-slow; CI runs it)
 
 from synapse_core.arch.spec import Intervention  # noqa: E402
 from synapse_core.experiments.records import promptset_config, promptsweep_config, run_experiment  # noqa: E402
@@ -125,29 +125,81 @@ def test_an_actor_killed_mid_job_is_replaced_and_its_shard_rerun(bundled, cluste
     assert ray.get(victim.ready.remote(), timeout=120)["pid"] != old_pid  # Ray restarted it
 
 
+TEXT = ("The river ran past the old mill and under the stone bridge, where the children of the village "
+        "used to stand and watch the boats go by. In the spring the water rose high enough to cover the lowest "
+        "steps, and the miller would complain that the wheel turned too fast. ") * 6
+
+
 def test_a_cost_report_on_ray_is_the_local_report(bundled, cluster, tmp_path):
-    """The capability and target prompts' logits, before and after the quarantine, run on the actors."""
+    """The text's windows and the capability and target prompts' logits, before and after the
+    quarantine, run on the actors: the same report."""
+    from synapse_core.analysis.capabilities import default_capabilities
     from synapse_core.analysis.cost import cost_config
+    from synapse_core.analysis.perplexity import text_docs
     from synapse_core.experiments.costs import run_cost
 
-    config = cost_config(bundled, ["0.6", "23.5"], targets=CASES[1:2])
+    docs = text_docs(bundled, TEXT, "river")
+    caps = default_capabilities()[::8]  # 15 of the 120 shipped prompts, from every group
+    config = cost_config(bundled, ["0.6", "23.5"], text=docs, window=64, capabilities=caps, targets=CASES[1:2])
     local_store, ray_store = _stores(tmp_path)
-    local = run_cost(bundled, config, None, local_store)
-    on_ray = run_cost(bundled, config, None, ray_store, engine=RAY)
+    local = run_cost(bundled, config, docs, local_store)
+    on_ray = run_cost(bundled, config, docs, ray_store, engine=RAY)
     assert on_ray.hash == local.hash and not on_ray.from_cache
     a, b = local.result, on_ray.result
+    assert b.text.perplexity_before == pytest.approx(a.text.perplexity_before, rel=1e-6)
+    assert b.text.perplexity_after == pytest.approx(a.text.perplexity_after, rel=1e-6)
+    assert a.text.perplexity_after != a.text.perplexity_before
+    assert b.text.ce_interval == pytest.approx(a.text.ce_interval, rel=1e-5, abs=1e-7)
     assert [g.group for g in b.groups] == [g.group for g in a.groups] and len(a.groups) > 1
     for x, y in zip(a.groups, b.groups):
         assert (y.accuracy_before, y.accuracy_after, y.agreement) == (x.accuracy_before, x.accuracy_after, x.agreement)
-        # the shards batch the prompts otherwise than one local call (other padded widths): float32 rounding,
-        # as test_cost.py's batched-vs-alone check allows (rel 1e-5 beside abs 1e-5)
-        assert y.mean_kl == pytest.approx(x.mean_kl, rel=1e-5, abs=1e-5)
-        assert y.worst_kl == pytest.approx(x.worst_kl, rel=1e-5, abs=1e-5)
+        assert y.mean_kl == pytest.approx(x.mean_kl, abs=1e-5)  # each pass holds the same prompts on either engine
+        assert y.worst_kl == pytest.approx(x.worst_kl, abs=1e-5)
         assert [f.prompt for f in y.flipped] == [f.prompt for f in x.flipped]
     (x,), (y,) = a.targets, b.targets
     assert x.prob_before != x.prob_after  # the heads matter to the target
     for name in ("prob_before", "prob_after", "logit_diff_before", "logit_diff_after"):
-        assert getattr(y, name) == pytest.approx(getattr(x, name), rel=1e-5, abs=1e-5)
+        assert getattr(y, name) == pytest.approx(getattr(x, name), abs=1e-5)
+
+
+def test_a_discovery_over_a_prompt_set_on_ray_is_the_local_experiment(bundled, cluster, tmp_path):
+    """Every stage's per-prompt work (ranking, verification, pairs, the baselines) on the actors."""
+    from synapse_core.analysis.discovery import discovery_config
+    from synapse_core.experiments.discoveries import run_discovery
+
+    config = discovery_config(bundled, cases=CASES[:4], top_k_heads=3, max_pair_sweeps=2, verify_heads=8)
+    local_store, ray_store = _stores(tmp_path)
+    stages = []
+    local = run_discovery(bundled, config, local_store)
+    remote = run_discovery(bundled, config, ray_store, lambda stage, d, n: stages.append(stage), engine=RAY)
+    assert remote.hash == local.hash and not remote.from_cache
+    assert {"ranking", "verification", "pairs", "baseline", "held_out"} <= set(stages)
+    a, b = local.result, remote.result
+    np.testing.assert_allclose(b.estimates, a.estimates, atol=1e-5)
+    assert [h.ref for h in b.candidates] == [h.ref for h in a.candidates]
+    assert [h.verified_effect for h in b.candidates] == pytest.approx([h.verified_effect for h in a.candidates],
+                                                                      abs=1e-5)
+    assert b.circuit.heads == a.circuit.heads and b.held_out.prompts == a.held_out.prompts
+    for x, y in ((a.circuit, b.circuit), (a.held_out, b.held_out)):
+        assert y.effect == pytest.approx(x.effect, abs=1e-5)
+        assert y.random_effects == pytest.approx(x.random_effects, abs=1e-5)
+
+
+def test_a_harvest_on_ray_writes_the_local_activations(bundled, cluster, tmp_path):
+    from synapse_core.features.harvest import harvest
+    from synapse_core.jobs.engine import mapper
+
+    ids = bundled.tokenizer(TEXT).input_ids
+    contexts = [np.array(ids[i * 32:(i + 1) * 32], dtype=np.int32) for i in range(9)]
+    sites = ["layers.2.resid.post", "layers.3.mlp.in"]
+    here = harvest(bundled, sites, iter(contexts), 9, tmp_path / "local", ctx_len=32, batch_size=2)
+    there = harvest(bundled, sites, iter(contexts), 9, tmp_path / "ray", ctx_len=32, batch_size=2,
+                    mapper=mapper(bundled, RAY))
+    np.testing.assert_array_equal(there.tokens(), here.tokens())
+    for site in sites:  # float16 as stored: equal float32 values to 1e-5 round alike but for a rare last bit
+        a, b = here.acts(site).astype(np.float32), there.acts(site).astype(np.float32)
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+        assert np.abs(a).max() > 0
 
 
 def test_a_cancelled_job_stops_its_actors_and_stores_nothing(bundled, cluster, tmp_path):  # last: it ends the pool

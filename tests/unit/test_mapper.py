@@ -93,8 +93,8 @@ def test_text_scores_and_a_cost_report_are_the_same_on_shards(llama):
     config = cost_config(llama, ["0.1", "1.2"], (), docs, 16, targets=CASES[:1])
     a, b = cost_report(llama, config, docs), cost_report(llama, config, docs, mapper=sharded(llama, shard_size=2))
     assert a.text.perplexity_after == b.text.perplexity_after != a.text.perplexity_before
-    assert [g.mean_kl for g in a.groups] == pytest.approx([g.mean_kl for g in b.groups], rel=1e-5, abs=1e-6)
-    assert a.targets[0].prob_after == pytest.approx(b.targets[0].prob_after, rel=1e-5)
+    assert [g.mean_kl for g in a.groups] == [g.mean_kl for g in b.groups]  # each pass holds the same prompts
+    assert a.targets[0].prob_after == b.targets[0].prob_after
 
 
 def test_the_local_engine_s_mapper_is_one_call_and_polls_cancel(llama):
