@@ -54,12 +54,11 @@ if st.button("Run", key="discover_run_button", type="primary"):
             verify_heads=int(verify), baseline_draws=int(draws), seed=int(seed), ranking=ranking)
     except SynapseError as exc:
         core.show_error(exc)
-    found = None if config is None else jobs.run(
-        ud.JOB, lambda progress, cancel: ud.run(handle, config, ud.stage_progress(progress), cancel), core.show_error)
-    if found is None:
-        st.session_state.pop(core.LAST_DISCOVERY, None)
+    if config is None:
+        ud.keep(None)
     else:
-        st.session_state[core.LAST_DISCOVERY] = found
+        jobs.run(ud.JOB, ud.work(handle, config), core.show_error, on_done=ud.keep)
+jobs.resume(ud.JOB)  # a run a click or another page left going: waited for, then shown below
 jobs.notice(ud.JOB)
 
 run = st.session_state.get(core.LAST_DISCOVERY)

@@ -159,7 +159,11 @@ def sweep_heatmap(r: SweepResult) -> alt.Chart:
 def run_experiment(handle, state_key: str, make_config) -> None:
     """Build the config and run it through the store into session state, with a progress bar and a
     Cancel button (ui/jobs.py); errors shown, never kept."""
-    exp = jobs.run_experiment(state_key, handle, make_config)
+    jobs.run_experiment(state_key, handle, make_config, on_done=lambda exp: keep(state_key, exp))
+
+
+def keep(state_key: str, exp) -> None:
+    """What the page shows next: the finished experiment, or nothing after a failed or cancelled run."""
     if exp is None:
         st.session_state.pop(state_key, None)
     else:
@@ -167,7 +171,9 @@ def run_experiment(handle, state_key: str, make_config) -> None:
 
 
 def show_last(handle, state_key: str, prefix: str) -> None:
-    """The experiment last run into `state_key`, unless it was made with another model."""
+    """The experiment last run into `state_key`, unless it was made with another model (a run left going
+    by an earlier script run of the page is waited for first)."""
+    jobs.resume(state_key)
     jobs.notice(state_key)
     exp = st.session_state.get(state_key)
     if exp is not None and exp.config.fingerprint != handle.fingerprint:

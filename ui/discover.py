@@ -46,12 +46,25 @@ class DiscoveryRun:
     outdated: str = ""  # reopened, but made by another engine: which one (shown instead of "answered from the store")
 
 
-def run(handle, config, progress, cancel=None) -> DiscoveryRun:
-    """Run one discovery, or answer it from the result store when the same config ran before; its
-    per-prompt work on the configured job engine (here, or Ray actors: the same experiment)."""
-    store = core.result_store(str(settings.subdir("results")))
-    exp = run_discovery(handle, config, store, progress, engine=core.job_engine(), cancel=cancel)
-    return DiscoveryRun(exp.result, exp.hash, exp.from_cache, tuple(exp.notes))
+def work(handle, config):
+    """The job (ui/jobs.py) of one discovery: work(progress, cancel) -> DiscoveryRun, answered from the
+    result store when the same config ran before, its per-prompt work on the configured job engine
+    (here, or Ray actors: the same experiment). The store and engine are read here, in the script run."""
+    store, engine = core.result_store(str(settings.subdir("results"))), core.job_engine()
+
+    def run(progress, cancel) -> DiscoveryRun:
+        exp = run_discovery(handle, config, store, stage_progress(progress), engine=engine, cancel=cancel)
+        return DiscoveryRun(exp.result, exp.hash, exp.from_cache, tuple(exp.notes))
+
+    return run
+
+
+def keep(found: DiscoveryRun | None) -> None:
+    """What the page shows next: the finished discovery, or none after a failed or cancelled run."""
+    if found is None:
+        st.session_state.pop(core.LAST_DISCOVERY, None)
+    else:
+        st.session_state[core.LAST_DISCOVERY] = found
 
 
 def reopen(key: str) -> DiscoveryRun:

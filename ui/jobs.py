@@ -1,11 +1,13 @@
 """Long jobs on a page, and the queue of model calls in the sidebar.
 
-`run` runs a job (an experiment on the configured engine) in this script run with a progress bar and
-a Cancel button. Pressing Cancel stops the job: Streamlit stops the script run at its next call into
-Streamlit (the job's next progress report, or its next poll of `cancel`, every shard on Ray), the
-exception leaves the engine, which stores nothing of a job that did not finish and drops the Ray
-actors of one it left running; the next run shows that it was cancelled (`notice`). A job whose
-engine sees the flag first (Ray polls it between shards) ends with JobCancelled, shown the same way.
+`run` starts a job (an experiment on the configured engine) in a thread of its own and waits for
+it in this script run with a progress bar and a Cancel button. The job does not live in the script
+run: a click elsewhere on the page (or a visit to another page) ends the script run, not the job, and
+the next run of the page finds it in the session and waits again (`resume`) before showing its
+result. Pressing Cancel sets the job's flag; the engine sees it at the job's next progress report
+(between shards on Ray), stops with JobCancelled, stores nothing of the job and drops the Ray actors
+of one it left running; the page says once that it was cancelled (`notice`). The job's thread never
+calls into Streamlit: it writes its progress and result to its Job, which the script run reads.
 
 `queue_sidebar` configures the process-wide model-call queue once (synapse_core/model/queue.py) and
 shows its length: the forward passes running and waiting across every session of this server.
@@ -13,6 +15,9 @@ shows its length: the forward passes running and waiting across every session of
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -22,59 +27,128 @@ from synapse_core.jobs.config import JobCancelled
 from synapse_core.model import queue as model_queue
 from ui import core
 
+JOBS = "jobs_running"  # session key: {job key: Job} of the jobs started in this session and not yet shown
+POLL_S = 0.2  # how often a waiting script run redraws the progress (and may be stopped by a click)
 
-def _flag(key: str) -> threading.Event:
-    flags = st.session_state.setdefault("job_cancel_flags", {})
-    return flags.setdefault(key, threading.Event())
+
+@dataclass
+class Job:
+    """One job in its own thread. The thread writes progress, outcome and error; the script run reads them."""
+
+    key: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    fraction: float = 0.0
+    message: str = "starting"
+    outcome: Any = None
+    error: BaseException | None = None
+    on_done: Callable[[Any], None] | None = None  # run in the script run that shows the outcome
+
+    def progress(self, done: int, total: int, message: str) -> None:
+        self.fraction, self.message = (min(done / total, 1.0) if total else 1.0), message
+
+    def start(self, work) -> None:
+        def body():
+            try:
+                self.outcome = work(self.progress, self.cancel.is_set)
+            except BaseException as exc:  # noqa: BLE001 - handed to the script run, which shows or raises it
+                self.error = exc
+            finally:
+                self.finished.set()
+
+        threading.Thread(target=body, name=f"job {self.key}", daemon=True).start()
+
+
+def _jobs() -> dict:
+    return st.session_state.setdefault(JOBS, {})
 
 
 def _cancelled(key: str, message: str) -> None:
     st.session_state[f"{key}_cancelled"] = message
 
 
-def run(key: str, work, show_error):
-    """work(progress, cancel) -> result, run here with a progress bar and a Cancel button (key
-    `<key>_cancel`). Returns the result; None when the job failed (show_error(exc) called) or was
-    cancelled (the notice shown)."""
-    flag = _flag(key)
-    flag.clear()
-    st.session_state.pop(f"{key}_cancelled", None)
+def _press_cancel(job: Job) -> None:
+    job.cancel.set()
+    _cancelled(job.key, "The run was cancelled; nothing of it was stored.")
+
+
+def running(key: str) -> bool:
+    """Whether this session has a job `key` that has not been shown yet."""
+    return key in _jobs()
+
+
+def resume(key: str, show_error=None, earlier: bool = True):
+    """Wait for this session's job `key` when one is left from an earlier script run (a click or another
+    page stopped that run, not the job), then hand its outcome to its on_done; None when there is none.
+    earlier: say that the run was started before (False for the script run that starts it)."""
+    job = _jobs().get(key)
+    if job is None:
+        return None
     box = st.container()
-    bar = box.progress(0.0, text="starting")
-    box.button("Cancel", key=f"{key}_cancel",
-               on_click=lambda: (flag.set(), _cancelled(key, "The run was cancelled; nothing of it was stored.")))
-    last = {"value": 0.0, "text": "starting"}
-
-    def progress(done, total, message):
-        last.update(value=min(done / total, 1.0) if total else 1.0, text=message)
-        bar.progress(last["value"], text=last["text"])
-
-    def cancel() -> bool:
-        bar.progress(last["value"], text=last["text"])  # a call into Streamlit: a pressed Cancel stops the run here
-        return flag.is_set()
-
+    if earlier:
+        box.caption("A run started earlier is still going: its result is shown here when it ends.")
+    bar = box.progress(job.fraction, text=job.message)
+    box.button("Cancel", key=f"{key}_cancel", on_click=_press_cancel, args=(job,))
     try:
-        return work(progress, cancel)
-    except JobCancelled as exc:
-        _cancelled(key, f"The run was cancelled ({exc}); nothing of it was stored.")
-        notice(key)
-    except SynapseError as exc:
-        show_error(exc)
+        while not job.finished.wait(POLL_S):
+            bar.progress(job.fraction, text=job.message)  # a call into Streamlit: a click stops this run here
     finally:
         box.empty()
-    return None
+    _jobs().pop(key, None)
+    if isinstance(job.error, JobCancelled):
+        _cancelled(key, f"The run was cancelled ({job.error}); nothing of it was stored.")
+        notice(key)
+        outcome = None
+    elif isinstance(job.error, SynapseError):
+        (show_error or core.show_error)(job.error)
+        outcome = None
+    elif job.error is not None:
+        raise job.error
+    else:
+        outcome = job.outcome
+    if job.on_done is not None:
+        job.on_done(outcome)
+    return outcome
 
 
-def run_experiment(key: str, handle, make_config):
-    """Build the config and run it (or answer it from the store) as `run` does: prompt sets on the
+def start(key: str, work, on_done: Callable[[Any], None] | None = None) -> Job:
+    """Start work(progress, cancel) -> outcome in its own thread as this session's job `key` (one
+    already going is kept, not started again); `resume` waits for it and shows its outcome."""
+    job = _jobs().get(key)
+    if job is None:
+        st.session_state.pop(f"{key}_cancelled", None)
+        job = _jobs()[key] = Job(key, on_done=on_done)
+        job.start(work)
+    return job
+
+
+def run(key: str, work, show_error, on_done: Callable[[Any], None] | None = None):
+    """Start work(progress, cancel) -> outcome and wait for it here with a progress bar and a Cancel
+    button (key `<key>_cancel`). Returns the outcome; None when the job failed (show_error(exc)
+    called) or was cancelled (the notice shown). on_done(outcome or None) runs in the script run that
+    shows the outcome, this one or a later one (see the module docstring); work must not call into
+    Streamlit. A job `key` already going is waited for instead of starting another."""
+    earlier = running(key)
+    start(key, work, on_done)
+    return resume(key, show_error, earlier)
+
+
+def run_experiment(key: str, handle, make_config, on_done: Callable[[Any], None] | None = None):
+    """Build the config here and run it (or answer it from the store) as `run` does: prompt sets on the
     configured job engine. Returns the Experiment, or None when it failed or was cancelled."""
     store, engine = core.experiment_store(), core.job_engine()
+    try:
+        config = make_config()
+    except SynapseError as exc:
+        core.show_error(exc)
+        if on_done is not None:
+            on_done(None)
+        return None
 
     def work(progress, cancel):
-        return experiments.run_experiment(handle, make_config(), store, progress=progress, engine=engine,
-                                          cancel=cancel)
+        return experiments.run_experiment(handle, config, store, progress=progress, engine=engine, cancel=cancel)
 
-    return run(key, work, core.show_error)
+    return run(key, work, core.show_error, on_done)
 
 
 def notice(key: str) -> None:

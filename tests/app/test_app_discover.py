@@ -264,7 +264,6 @@ def test_a_discovery_cancelled_on_the_page_says_so_and_stores_nothing(tiny_folde
     report) stops the discovery at its next report, nothing is stored and the page says so once."""
     from synapse_core.common import settings
     from synapse_core.experiments.records import list_experiments
-    from ui import jobs
 
     real = ui_discover.run_discovery
     stages = []
@@ -272,7 +271,7 @@ def test_a_discovery_cancelled_on_the_page_says_so_and_stores_nothing(tiny_folde
     def press_cancel(handle, config, store=None, progress=None, **kwargs):
         def report(stage, done, total):
             stages.append(stage)
-            jobs._flag(ui_discover.JOB).set()  # what the Cancel button's on_click does
+            kwargs["cancel"].__self__.set()  # the job's cancel flag (cancel is its is_set): what Cancel's on_click sets
             progress(stage, done, total)
         return real(handle, config, store, report, **kwargs)
 

@@ -1,5 +1,8 @@
 """A job on a page (ui/jobs.py): its progress bar and Cancel button, a cancelled run's notice with
-nothing kept, and the model-call queue in the sidebar."""
+nothing kept, a job that outlives the script run that started it, and the model-call queue in the
+sidebar."""
+import threading
+
 from app_helpers import app
 from streamlit.testing.v1 import AppTest
 
@@ -12,11 +15,13 @@ def _page():
     from synapse_core.jobs.config import JobCancelled
     from ui import jobs
 
+    press = st.session_state.get("press_cancel")  # read here: the job's thread never calls into Streamlit
+
     def work(progress, cancel):
         for done in range(1, 5):
             progress(done, 4, f"prompt {done}")
-            if done == 2 and st.session_state.get("press_cancel"):
-                jobs._flag("demo").set()  # what the Cancel button's on_click does
+            if done == 2 and press:
+                cancel.__self__.set()  # the job's cancel flag (cancel is its is_set): what Cancel's on_click sets
             if cancel():
                 raise JobCancelled(f"cancelled after {done} of 4")
         return "finished"
@@ -37,6 +42,48 @@ def test_a_job_runs_to_its_result_and_a_cancelled_one_keeps_nothing():
     at.session_state["press_cancel"] = False
     at.run()  # the notice is shown once
     assert not at.warning
+
+
+def _left_going():
+    import os
+    import time
+    from pathlib import Path
+
+    import streamlit as st
+
+    from ui import jobs
+
+    gate = Path(os.environ["JOB_GATE"])  # the job waits until the test writes this file
+
+    def work(progress, cancel):
+        progress(1, 2, "waiting for the gate")
+        for _ in range(300):
+            if gate.exists():
+                return "finished late"
+            time.sleep(0.1)
+        return "gave up"
+
+    def keep(outcome):
+        st.session_state["result"] = outcome
+
+    st.session_state["going"] = jobs.running("demo")
+    if st.button("Go", key="go"):
+        jobs.start("demo", work, keep)
+        st.stop()  # the script run ends with the job going, as when a click elsewhere stops it
+    jobs.resume("demo")
+
+
+def test_a_job_outlives_the_script_run_that_started_it(tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("JOB_GATE", str(gate))
+    at = AppTest.from_function(_left_going).run()
+    at.button(key="go").click().run()
+    assert not at.exception and "result" not in at.session_state
+    threading.Timer(0.5, gate.touch).start()  # the job ends while the next script run waits for it
+    at.run(timeout=20)
+    assert not at.exception and at.session_state["going"] and at.session_state["result"] == "finished late"
+    at.run()
+    assert not at.session_state["going"]  # shown once, then gone from the session
 
 
 def test_the_sidebar_shows_the_model_queue(monkeypatch):
