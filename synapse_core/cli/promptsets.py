@@ -15,6 +15,9 @@ from ..common.errors import BadInput
 from . import common as cli
 
 
+RESOURCE_FLAGS = ("ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor")
+
+
 def add_job_args(p) -> None:
     p.add_argument("--prompt-set", default=None, metavar="FILE",
                    help="run over a prompt set: `prompt | target | contrast` lines, or a .csv (prompt,target,contrast)")
@@ -22,20 +25,26 @@ def add_job_args(p) -> None:
 
 
 def add_engine_args(p, what: str) -> None:
-    """--engine, --ray-address, --ray-actors: where `what` runs (read back by engine_of)."""
+    """--engine, --ray-address, --ray-actors and what each actor reserves: where `what` runs (read
+    back by engine_of; each flag wins over its SYNAPSE_* variable and .streamlit/secrets.toml)."""
     p.add_argument("--engine", default=None, choices=("local", "ray"),
                    help=f"where to run {what}: local (default; or SYNAPSE_ENGINE) or ray")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray://head:10001, host:port or auto (default SYNAPSE_RAY_ADDRESS; none: a local cluster)")
     p.add_argument("--ray-actors", type=int, default=None, metavar="N",
                    help="model actors (default SYNAPSE_RAY_ACTORS, else one per GPU, else 2)")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=None, metavar="C",
+                   help="CPUs each actor reserves, also its torch threads (default SYNAPSE_RAY_CPUS_PER_ACTOR, else 1)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=None, metavar="G",
+                   help="GPUs each actor reserves (default SYNAPSE_RAY_GPUS_PER_ACTOR, else 1 when the cluster has "
+                        "GPUs, else 0)")
 
 
 def read_cases(args):
     """The cases of --prompt-set, or None without it; --prompt/--target/--contrast are refused beside it."""
     if not args.prompt_set:
-        if args.engine or args.ray_address or args.ray_actors is not None:
-            raise BadInput("--engine, --ray-address and --ray-actors apply to --prompt-set runs only")
+        if args.engine or args.ray_address or any(getattr(args, f) is not None for f in RESOURCE_FLAGS):
+            raise BadInput("--engine and the --ray-* flags apply to --prompt-set runs only")
         return None
     if args.prompt or args.target or args.contrast:
         raise BadInput("give either --prompt-set or --prompt/--target/--contrast, not both")
@@ -52,7 +61,9 @@ def engine_of(args):
     """The EngineConfig of add_engine_args' flags, over SYNAPSE_ENGINE / SYNAPSE_RAY_*."""
     from ..jobs.config import engine_config
 
-    return engine_config(args.engine, args.ray_address, args.ray_actors)
+    given = {"cpus_per_actor": args.ray_cpus_per_actor, "gpus_per_actor": args.ray_gpus_per_actor}
+    return engine_config(args.engine, args.ray_address, args.ray_actors,
+                         **{k: v for k, v in given.items() if v is not None})
 
 
 def _progress(args):

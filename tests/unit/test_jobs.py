@@ -178,6 +178,25 @@ def test_prompt_set_arguments_are_checked(model_dir, prompt_file, capsys, argv, 
     assert code == 2 and named in err
 
 
+def test_the_engine_flags_of_every_long_command_win_over_the_environment(monkeypatch, capsys):
+    import argparse
+
+    from synapse_core.cli.promptsets import add_engine_args, engine_of
+
+    monkeypatch.setenv("SYNAPSE_RAY_CPUS_PER_ACTOR", "3")
+    monkeypatch.setenv("SYNAPSE_RAY_GPUS_PER_ACTOR", "0.5")
+    p = argparse.ArgumentParser()
+    add_engine_args(p, "a job")
+    cfg = engine_of(p.parse_args(["--engine", "ray", "--ray-actors", "4", "--ray-cpus-per-actor", "2"]))
+    assert (cfg.engine, cfg.ray_actors, cfg.cpus_per_actor, cfg.gpus_per_actor) == ("ray", 4, 2.0, 0.5)
+    assert engine_of(p.parse_args(["--ray-gpus-per-actor", "1"])).gpus_per_actor == 1.0
+    with pytest.raises(BadInput, match="CPUs per actor -1"):
+        engine_of(p.parse_args(["--ray-cpus-per-actor", "-1"]))
+    for command in ("discover", "quarantine cost", "features train", "features eval", "ablate", "sweep"):
+        main([*command.split(), "--help"])
+        assert "--ray-cpus-per-actor" in capsys.readouterr().out, command
+
+
 def test_a_model_built_in_memory_is_refused_by_the_ray_engine_by_name(llama):
     pytest.importorskip("ray", reason="the ray engine needs Ray")
     from synapse_core.jobs.raypool import WorkerPool
