@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..common.errors import BadInput, StoreError
 from . import common as cli
-from .promptsets import add_engine_args, engine_of
+from .promptsets import add_engine_args, engine_of, stage_printer
 
 
 def add_parser(sub) -> None:
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--contrast", default=None, help="the token it is measured against")
     p.add_argument("--no-masks", action="store_true", help="measure against the raw model, not the quarantine in force")
     add_engine_args(p, "the report's forward passes")
+    p.add_argument("--progress", action="store_true", help="print each stage's progress on stderr")
 
 
 def _prompt_set(path: str | None):
@@ -80,7 +81,7 @@ def run(args) -> None:
             notes.append(f"general text skipped: {exc}")
     targets = [PromptCase(args.prompt, args.target, args.contrast or None)] if args.prompt else []
     config = cost_config(handle, heads, masks, text, window, caps, targets, level=args.level)
-    exp = run_cost(handle, config, text, engine=engine_of(args))
+    exp = run_cost(handle, config, text, progress=stage_printer(args), engine=engine_of(args))
     r = exp.result
     payload = dict(r.to_json(), experiment=exp.hash, from_cache=exp.from_cache,
                    perplexity_change=None if r.text is None else r.text.perplexity_change,

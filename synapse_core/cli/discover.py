@@ -8,11 +8,9 @@ target[, contrast]; --engine ray runs each stage's per-prompt work on a Ray clus
 """
 from __future__ import annotations
 
-import sys
-
 from ..common.errors import BadInput
 from . import common as cli
-from .promptsets import add_engine_args, engine_of
+from .promptsets import add_engine_args, engine_of, stage_printer
 
 
 def _discover_args(p):
@@ -57,11 +55,7 @@ def _discover(args):
                               max_pair_sweeps=args.max_pair_sweeps, masks=cli.run_masks(args, handle),
                               verify_heads=args.verify, baseline_draws=args.draws, seed=args.seed,
                               ranking=args.ranking)
-    progress = None
-    if args.progress:
-        def progress(stage, done, total):
-            print(f"{stage} {done}/{total}", file=sys.stderr, flush=True)
-    exp = run_discovery(handle, config, progress=progress, engine=engine_of(args))
+    exp = run_discovery(handle, config, progress=stage_printer(args), engine=engine_of(args))
     r = exp.result
     payload = dict(r.to_json(), experiment=exp.hash, from_cache=exp.from_cache)
     rho = "n/a" if r.spearman_rho is None else f"{r.spearman_rho:.2f}"

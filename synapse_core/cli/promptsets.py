@@ -14,7 +14,6 @@ import sys
 from ..common.errors import BadInput
 from . import common as cli
 
-
 RESOURCE_FLAGS = ("ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor")
 
 
@@ -128,3 +127,14 @@ def sweep_set(args, cases, sites, positions, source, settings, batch_rows) -> No
     lines += [f"  {name:<24} {effect:+.4f}" for name, effect in r.top(10)]
     lines.append(f"experiment: {exp.hash}")
     cli.emit(args, payload, "\n".join(lines))
+
+
+def stage_printer(args):
+    """progress(stage, done, total) printing `stage done/total` on stderr under --progress, else None."""
+    if not getattr(args, "progress", False):
+        return None
+
+    def report(stage, done, total):
+        print(f"{stage} {done}/{total}", file=sys.stderr, flush=True)
+
+    return report

@@ -44,8 +44,11 @@ def _run(capsys, *argv):
 def test_cost_json_has_the_issue_shape_and_the_engine_numbers(model_dir, files, capsys):
     _, text, prompts = files
     code, out, err = _run(capsys, "quarantine", "cost", "0.1,1.2", "--model", model_dir, "--text", text,
-                          "--prompt-set", prompts, "--window", "16", "--json")
+                          "--prompt-set", prompts, "--window", "16", "--progress", "--json")
     assert code == 0, err
+    lines = err.splitlines()  # --progress: each stage's passes on stderr as they are done
+    for stage in ("text before", "capabilities before", "capabilities after", "text after"):
+        assert any(line.startswith(f"{stage} ") for line in lines), stage
     payload = json.loads(out)
     assert {"perplexity_before", "perplexity_after", "tokens", "capabilities", "flipped", "seconds",
             "experiment"} <= set(payload)
