@@ -16,7 +16,7 @@ from synapse_core.analysis.perplexity import DEFAULT_TOKENS, DEFAULT_WINDOW, cor
 from synapse_core.arch.spec import HeadMask, parse_heads
 from synapse_core.common.errors import StoreError, SynapseError
 from synapse_core.experiments import costs
-from ui import core
+from ui import core, jobs
 
 REQUIRE = "cost_required"  # Governance setting: a quarantine needs a cost report of exactly its heads
 MAX_INCREASE = "cost_max_perplexity_increase"  # Governance setting, percent: above it the button asks twice
@@ -55,17 +55,28 @@ def known(handle, masks):
     return st.session_state.get(REPORTS, {}).get(_key(handle, masks)) if masks else None
 
 
-def measure(handle, masks, targets, bar):
-    """Run (or answer from the store) the cost report of `masks`; kept for the guard and the evidence."""
+def measure(handle, masks, targets, where: str):
+    """Run (or answer from the store) the cost report of `masks` as a job of the page (ui/jobs.py:
+    progress, Cancel, kept going through other clicks); kept for the guard and the evidence. Returns
+    (the experiment or None, a note when the general text was skipped)."""
     text, skipped = _corpus(handle, handle.fingerprint, TEXT_TOKENS)
     config = cost_config(handle, masks, core.masks_in_force(handle), text, DEFAULT_WINDOW, capabilities(), targets)
+    store, engine, key = core.experiment_store(), core.job_engine(), _key(handle, masks)
 
-    def progress(stage, done, total):
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{stage}: pass {done}/{total}")
+    def work(progress, cancel):
+        def staged(stage, done, total):
+            progress(done, total, f"{stage}: pass {done}/{total}")
+        return costs.run_cost(handle, config, text, store, staged, engine=engine, cancel=cancel)
 
-    exp = costs.run_cost(handle, config, text, core.experiment_store(), progress, engine=core.job_engine())
-    st.session_state.setdefault(REPORTS, {})[_key(handle, masks)] = exp
-    return exp, skipped
+    def keep(exp):
+        if exp is not None:
+            st.session_state.setdefault(REPORTS, {})[key] = exp
+
+    return jobs.run(_job(where), work, core.show_error, on_done=keep), skipped
+
+
+def _job(where: str) -> str:
+    return f"{where}_cost_job"
 
 
 def expander(handle, where: str, heads, level: str, targets=()) -> None:
@@ -74,8 +85,7 @@ def expander(handle, where: str, heads, level: str, targets=()) -> None:
         masks = masks_for(heads, level)
     except SynapseError:
         masks = ()
-    exp = known(handle, masks)
-    with st.expander("Cost of this quarantine", expanded=exp is not None):
+    with st.expander("Cost of this quarantine", expanded=known(handle, masks) is not None or jobs.running(_job(where))):
         in_force = core.masks_in_force(handle)
         features = sum(m.level == "feature" for m in in_force)
         st.caption(f"Against the model as it runs now ({len(in_force) - features} head(s) and {features} feature(s) "
@@ -83,15 +93,15 @@ def expander(handle, where: str, heads, level: str, targets=()) -> None:
                    f"on {TEXT_TOKENS:,} tokens of held-out text and {len(capabilities())} capability prompts in "
                    "six groups, before and after, and the target behaviour.")
         if st.button("Measure the cost", key=f"{where}_cost_button", disabled=not masks):
-            bar = st.progress(0.0, text="preparing the text")
             try:
-                exp, skipped = measure(handle, masks, tuple(targets), bar)
+                _, skipped = measure(handle, masks, tuple(targets), where)
                 if skipped:
                     st.warning(skipped)
             except SynapseError as exc:
                 core.show_error(exc)
-            finally:
-                bar.empty()
+        jobs.resume(_job(where))  # a report a click left going: waited for here
+        jobs.notice(_job(where))
+        exp = known(handle, masks)
         if exp is not None:
             show(exp, where)
 

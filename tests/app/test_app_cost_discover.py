@@ -71,3 +71,35 @@ def test_the_cheapest_set_is_charted_chosen_costed_and_quarantined_with_its_repo
     entries = MaskStore().list(load_model(tiny_folder))
     assert {e.short for e in entries} == set(chosen)
     assert all(e.cost and e.cost.startswith(f"report {report.hash}: ") for e in entries)
+
+
+def test_a_cost_report_cancelled_on_the_page_keeps_nothing(tiny_folder, monkeypatch):
+    """The cost report runs as a job of the page (ui/jobs.py): its Cancel flag, set here at the first
+    pass, stops it at the next one; no report is kept, stored or offered as evidence."""
+    from synapse_core.experiments import costs
+
+    real = costs.run_cost
+
+    def press_cancel(handle, config, text, store, progress, **kwargs):
+        def report(stage, done, total):
+            kwargs["cancel"].__self__.set()  # the job's cancel flag (cancel is its is_set): what Cancel sets
+            progress(stage, done, total)
+        return real(handle, config, text, store, report, **kwargs)
+
+    monkeypatch.setattr(ucost.costs, "run_cost", press_cancel)
+    at = app()
+    at.sidebar.text_input(key=core.MODEL_INPUT).input(tiny_folder)
+    at = at.sidebar.button(key="model_load").click().run()
+    at = at.switch_page("pages/discover.py").run()
+    at.text_area(key="discover_prompt").input("the capital of France is the city of")
+    at.text_input(key="discover_target").input("Paris")
+    at.text_input(key="discover_contrast").input("London")
+    at = at.button(key="discover_run_button").click().run()
+    at = at.button(key="discover_cost_button").click().run()
+    assert not at.exception and not at.error
+    assert [w.value for w in at.warning if "cancelled" in w.value] == [
+        "The run was cancelled (cancelled before it started); nothing of it was stored."]  # the next pass's
+    assert ucost.known_reports(at.session_state) == []
+    monkeypatch.setattr(ucost.costs, "run_cost", real)
+    at = at.button(key="discover_cost_button").click().run()  # measured again, it runs to the end
+    assert not at.exception and len(ucost.known_reports(at.session_state)) == 1
