@@ -194,14 +194,15 @@ def _feature_sweep(args, positions, rows):
         raise BadInput("--over features needs --sae: the SAE whose features are swept (see `features list`)")
     if args.mode != "zero":
         raise BadInput(f"a feature sweep zeroes each feature: --mode {args.mode} is not offered")
-    if args.prompt_set:
-        raise BadInput("a feature sweep runs on one --prompt, not a --prompt-set")
     features = None
     if args.features:
         try:
             features = tuple(int(f) for f in args.features.replace(",", " ").split())
         except ValueError:
             raise BadInput(f"--features {args.features!r}: write feature indices, comma-separated") from None
+    cases = promptsets.read_cases(args)
+    if cases is not None:
+        return promptsets.sweep_set(args, cases, (args.sae,), positions, None, None, rows, features)
     promptsets.require_prompt(args)
     handle = cli.load(args)
     config = feature_sweep_config(handle, args.prompt, args.target, args.sae, features, args.top, args.contrast,

@@ -108,18 +108,23 @@ def ablate_set(args, cases, ivs, settings) -> None:
     cli.emit(args, payload, "\n".join(lines))
 
 
-def sweep_set(args, cases, sites, positions, source, settings, batch_rows) -> None:
-    """Sweep every head (or layer site) on each prompt of the set; print each map and their mean."""
-    from ..experiments.records import promptsweep_config, run_experiment
+def sweep_set(args, cases, sites, positions, source, settings, batch_rows, features=None) -> None:
+    """Sweep every head (or layer site, or with `features` the SAE sites[0]'s features: the indices
+    given, or None for the --top most active on the set) on each prompt of the set; print each map
+    and their mean."""
+    from ..experiments.records import feature_promptsweep_config, promptsweep_config, run_experiment
 
     engine = engine_of(args)
     handle = cli.load(args)
     masks = cli.run_masks(args, handle)
-    config = promptsweep_config(handle, cases, sites, args.mode, positions, source, masks=masks, settings=settings)
+    if args.over == "features":
+        config = feature_promptsweep_config(handle, cases, sites[0], features, args.top, positions, masks=masks)
+    else:
+        config = promptsweep_config(handle, cases, sites, args.mode, positions, source, masks=masks, settings=settings)
     exp = run_experiment(handle, config, progress=_progress(args), batch_rows=batch_rows, engine=engine)
     r = exp.result
     _notes(exp, r)
-    payload = {"metric": r.metric, "kind": r.kind, "prompts": r.prompt_rows(),
+    payload = {"metric": r.metric, "kind": r.kind, "prompts": r.prompt_rows(), "features": list(r.sweeps[0].features),
                "mean_effects": r.mean_effects.tolist(), "mean_kl": r.mean_kl.tolist(),
                "top": [{"name": n, "mean_effect": e} for n, e in r.top(10)], "experiment": exp.hash}
     lines = [f"{args.mode} sweep over {args.over} on {len(r.cases)} prompts: mean effect on {r.metric}",

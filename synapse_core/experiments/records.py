@@ -179,10 +179,29 @@ def feature_sweep_config(handle: ModelHandle, prompt: str, target: str, sae: str
     features = active_features(handle, prompt, sae, top, masks) if features is None else tuple(features)
     if not features:
         raise BadInput(f"no feature of {sae} is active on the prompt {prompt!r} (position 0 left out)")
+    if len(set(features)) != len(features):
+        raise BadInput(f"feature list {list(features)} names a feature twice")
     return ExperimentConfig(kind="sweep", prompts=(prompt,), targets=(target,), contrasts=(contrast or None,),
                             metric=metric or ("logit_diff" if contrast else "log_prob"), sweep_sites=(sae,),
                             sweep_op="zero", sweep_positions=positions, sweep_features=tuple(int(f) for f in features),
                             **_base(handle, masks))
+
+
+def feature_promptsweep_config(handle: ModelHandle, cases, sae: str, features=None, top: int = 20, positions="all",
+                               metric: str | None = None, masks=()) -> ExperimentConfig:
+    """Features of SAE `sae` zeroed in turn on every prompt of a set, their mean effects over it: the
+    given indices, or (features None) the `top` features most active on any prompt of the set."""
+    cases = tuple(cases)
+    if not cases:
+        raise BadInput("the prompt set is empty")
+    if features is None:
+        features = active_features(handle, [c.prompt for c in cases], sae, top, masks)
+        if not features:
+            raise BadInput(f"no feature of {sae} is active on any prompt of the set (position 0 left out)")
+    one = feature_sweep_config(handle, cases[0].prompt, cases[0].target, sae, features, top, cases[0].contrast,
+                               positions, prompt_set_metric(cases, metric), masks)
+    return dataclasses.replace(one, kind="promptsweep", prompts=tuple(c.prompt for c in cases),
+                               targets=tuple(c.target for c in cases), contrasts=tuple(c.contrast for c in cases))
 
 
 def promptset_config(handle: ModelHandle, cases, interventions, masks=(), settings: OpSettings = OpSettings(),
@@ -217,7 +236,8 @@ def _compute(handle: ModelHandle, c: ExperimentConfig, progress, batch_rows: int
     common = dict(op=c.sweep_op, positions=c.sweep_positions, source=c.sweep_source, metric=c.metric, masks=c.masks,
                   settings=c.settings, batch_rows=batch_rows, progress=progress)
     if c.kind == "promptsweep":
-        return run_prompt_sweep(handle, cases, c.sweep_sites, engine=engine, cancel=cancel, **common)
+        return run_prompt_sweep(handle, cases, c.sweep_sites, engine=engine, cancel=cancel,
+                                features=c.sweep_features, **common)
     if c.sweep_features:
         return sweep_features(handle, c.prompts[0], c.targets[0], c.sweep_sites[0], c.sweep_features, c.contrasts[0],
                               c.sweep_positions, c.metric, c.masks, batch_rows, progress)

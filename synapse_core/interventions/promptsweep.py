@@ -1,5 +1,5 @@
-"""A sweep over a prompt set: one operation applied to every head (or every layer's components) on
-each prompt of a set, and the map of mean effects over the set.
+"""A sweep over a prompt set: one operation applied to every head (or every layer's components, or
+each of a list of SAE features) on each prompt of a set, and the map of mean effects over the set.
 
 Each prompt is an ordinary batched sweep (sweep.py); the set's result keeps every prompt's map and
 averages them in prompt order. `summarize_prompt_sweep` is the only place the average is taken, so
@@ -16,7 +16,7 @@ from ..model.generation import Progress
 from ..model.loading import ModelHandle
 from .ops import OpSettings
 from .promptset import PromptCase, prompt_set_metric
-from .sweep import BATCH_ROWS, SweepResult, sweep_heads, sweep_layers
+from .sweep import BATCH_ROWS, SweepResult, sweep_features, sweep_heads, sweep_layers
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +79,7 @@ class PromptSetSweep:
         first = self.sweeps[0]
         return {
             "model": first.model, "fingerprint": first.fingerprint, "kind": self.kind, "sites": list(first.sites),
+            "features": list(first.features),
             "op": first.op, "metric": self.metric, "prompts": self.prompt_rows(),
             "mean_effects": self.mean_effects.tolist(), "mean_kl": self.mean_kl.tolist(),
             "masks": [asdict(m) for m in self.masks], "settings": asdict(first.settings),
@@ -102,14 +103,21 @@ def summarize_prompt_sweep(cases, sweeps) -> PromptSetSweep:
 
 def sweep_cases(handle: ModelHandle, cases, sites=("attn.head",), op: str = "zero", positions="all",
                 source: str | None = None, metric: str | None = None, masks=(), settings: OpSettings = OpSettings(),
-                batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> list[SweepResult]:
-    """One sweep per case, in order; sites ("attn.head",) sweeps every head, else those layer sites."""
+                batch_rows: int = BATCH_ROWS, progress: Progress | None = None,
+                features: tuple[int, ...] = ()) -> list[SweepResult]:
+    """One sweep per case, in order; sites ("attn.head",) sweeps every head; with `features`, sites is
+    (the SAE's name,) and those features are zeroed in turn; else those layer sites."""
     out = []
     cases = tuple(cases)
     for i, case in enumerate(cases):
         common = dict(op=op, positions=positions, source=source, metric=metric, masks=masks, settings=settings,
                       batch_rows=batch_rows)
-        if tuple(sites) == ("attn.head",):
+        if features:
+            if op != "zero":
+                raise BadInput(f"a feature sweep zeroes each feature: op {op!r} is not offered")
+            out.append(sweep_features(handle, case.prompt, case.target, sites[0], features, case.contrast, positions,
+                                      metric, masks, batch_rows))
+        elif tuple(sites) == ("attn.head",):
             out.append(sweep_heads(handle, case.prompt, case.target, case.contrast, **common))
         else:
             out.append(sweep_layers(handle, case.prompt, case.target, case.contrast, sites=tuple(sites), **common))

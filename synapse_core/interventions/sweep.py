@@ -301,21 +301,27 @@ def sweep_layers(handle: ModelHandle, prompt: str, target: str | Target, contras
                   op, positions, metric, masks, settings, batch_rows, progress)
 
 
-def active_features(handle: ModelHandle, prompt: str, sae: str, top: int = 20, masks=()) -> tuple[int, ...]:
-    """The `top` features of SAE `sae` with the largest activation at any position of the prompt
-    (position 0, the separator, left out as everywhere the SAEs are used), largest first; only
-    features that fire, so fewer than `top` when fewer fire. Masks are on, as in the sweep."""
+def active_features(handle: ModelHandle, prompts, sae: str, top: int = 20, masks=()) -> tuple[int, ...]:
+    """The `top` features of SAE `sae` with the largest activation at any position of the prompt (or
+    of any prompt of a list: a prompt set's features), position 0, the separator, left out as
+    everywhere the SAEs are used; largest first; only features that fire, so fewer than `top` when
+    fewer fire. Masks are on, as in the sweep."""
     if top < 1:
         raise BadInput(f"top {top}: sweep at least 1 feature")
     find_sae(sae)  # names the SAEs there are when there is no such one
     first = feature_intervention(f"{sae}.0")  # checks the SAE exists and is one the model reads back
-    ids, _ = encode_prompt(handle, prompt)
     key = hook_key(first)
-    x = capture(handle, ids, [key], normalize_masks(masks, handle.arch))[key][1:]  # (pos - 1, d_model)
-    if x.shape[0] == 0:
+    peak = None  # (d_sae,): the largest activation of each feature so far
+    for prompt in ([prompts] if isinstance(prompts, str) else list(prompts)):
+        ids, _ = encode_prompt(handle, prompt)
+        x = capture(handle, ids, [key], normalize_masks(masks, handle.arch))[key][1:]  # (pos - 1, d_model)
+        if x.shape[0] == 0:
+            continue
+        with torch.no_grad():
+            here = sae_for(first.feature, handle.arch.d_model).encode(x).amax(0)
+        peak = here if peak is None else torch.maximum(peak, here)
+    if peak is None:
         return ()
-    with torch.no_grad():
-        peak = sae_for(first.feature, handle.arch.d_model).encode(x).amax(0)  # (d_sae,)
     vals, idx = peak.topk(min(top, peak.numel()))
     return tuple(int(i) for v, i in zip(vals, idx) if v > 0)
 

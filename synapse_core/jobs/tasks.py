@@ -55,12 +55,13 @@ def run_prompt_sweep(handle: ModelHandle, cases, sites=("attn.head",), op: str =
                      source: str | None = None, metric: str | None = None, masks=(),
                      settings: OpSettings = OpSettings(), batch_rows: int = BATCH_ROWS,
                      engine: EngineConfig | None = None, progress: Progress | None = None,
-                     cancel: Cancel | None = None) -> PromptSetSweep:
-    """sweep_prompt_set on the chosen engine: one sweep per prompt, mean effects over the set."""
+                     cancel: Cancel | None = None, features: tuple[int, ...] = ()) -> PromptSetSweep:
+    """sweep_prompt_set on the chosen engine: one sweep per prompt, mean effects over the set
+    (features: zero those features of the SAE named by sites[0] in turn, as sweep_features does)."""
     cases = tuple(cases)
     if not cases:
         raise BadInput("the prompt set is empty")
     params = dict(sites=tuple(sites), op=op, positions=positions, source=source,
                   metric=prompt_set_metric(cases, metric), masks=tuple(masks), settings=settings,
-                  batch_rows=batch_rows)
+                  batch_rows=batch_rows, features=tuple(features))
     return summarize_prompt_sweep(cases, run_job(handle, sweep_shard, cases, params, engine, progress, cancel))

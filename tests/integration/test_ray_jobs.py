@@ -85,6 +85,18 @@ def test_a_sweep_over_a_prompt_set_on_ray_is_the_local_experiment(bundled, clust
         np.testing.assert_allclose(b.effects, a.effects, atol=1e-5)
 
 
+def test_a_feature_sweep_over_a_prompt_set_on_ray_is_the_local_experiment(bundled, cluster, tmp_path):
+    from synapse_core.experiments.records import feature_promptsweep_config
+
+    local_store, ray_store = _stores(tmp_path)
+    config = feature_promptsweep_config(bundled, CASES[:3], "layers.5.resid.post.sae", top=6)
+    local = run_experiment(bundled, config, local_store)
+    remote = run_experiment(bundled, config, ray_store, engine=RAY)
+    assert remote.hash == local.hash and remote.result.kind == "features" and len(config.sweep_features) == 6
+    np.testing.assert_allclose(remote.result.mean_effects, local.result.mean_effects, atol=1e-5)
+    assert np.abs(local.result.mean_effects).max() > 1e-3  # the features matter to the answers
+
+
 def test_the_cli_prints_the_same_prompt_set_on_both_engines(bundled, cluster, tmp_path, monkeypatch, capsys):
     from synapse_core.cli.main import main
 

@@ -10,11 +10,18 @@ from test_cli_ablate import _run, model_dir  # noqa: F401 - model_dir is a fixtu
 
 from synapse_core.common import settings
 from synapse_core.common.errors import BadInput
-from synapse_core.experiments.records import export_csv, feature_sweep_config, headline, run_experiment
+from synapse_core.experiments.records import (
+    export_csv,
+    feature_promptsweep_config,
+    feature_sweep_config,
+    headline,
+    run_experiment,
+)
 from synapse_core.experiments.store import ResultStore
 from synapse_core.features.intervene import feature_intervention
 from synapse_core.features.sae import SAEConfig, TopKSAE
 from synapse_core.interventions.ablation import ablate
+from synapse_core.interventions.promptset import PromptCase
 from synapse_core.interventions.sweep import active_features, sweep_features
 
 SAES = {"layers.0.attn.out.sae": "blocks.0.hook_attn_out", "layers.1.mlp.out.sae": "blocks.1.hook_mlp_out"}
@@ -112,3 +119,43 @@ def test_sweep_over_features_on_the_command_line(model_dir, capsys):  # noqa: F8
     code, _, err = _run(capsys, "sweep", "--model", model_dir, "--over", "features", "--sae", sae, "--mode", "mean",
                         "--prompt", PROMPT, "--target", "Paris")
     assert code == 2 and "--mode mean is not offered" in err
+
+
+SET = (PromptCase(PROMPT, "Paris", "London"), PromptCase("the old tower in London was a small", "Paris", "London"),
+       PromptCase("the capital of France", "city", "London"))
+
+
+def test_a_feature_sweep_over_a_prompt_set_is_the_mean_of_each_prompt_s_sweep(tmp_path):
+    """The features most active on any prompt of the set (the peak over every prompt), zeroed in turn on
+    each prompt: each prompt's map is that prompt's own feature sweep and the mean is their mean (the
+    Ray engine runs the same sweep in tests/integration/test_ray_jobs.py)."""
+    handle = tiny_handle("llama")
+    sae = "layers.0.attn.out.sae"
+    chosen = active_features(handle, [c.prompt for c in SET], sae, top=5)
+    singles = [active_features(handle, c.prompt, sae, top=D_SAE) for c in SET]
+    assert len(chosen) == 5 and DEAD not in chosen and set(chosen) <= set().union(*singles)
+    config = feature_promptsweep_config(handle, SET, sae, top=5)
+    assert config.kind == "promptsweep" and config.sweep_features == chosen and config.metric == "logit_diff"
+    exp = run_experiment(handle, config, ResultStore(tmp_path / "a"))
+    r = exp.result
+    assert r.kind == "features" and r.mean_effects.shape == (1, 5)
+    for case, s in zip(SET, r.sweeps):
+        alone = sweep_features(handle, case.prompt, case.target, sae, chosen, case.contrast)
+        assert s.effects.tolist() == alone.effects.tolist()
+    assert r.mean_effects[0] == pytest.approx(sum(s.effects[0] for s in r.sweeps) / 3, abs=1e-6)
+    assert r.name(0, 0) == f"{sae}.{chosen[0]}" and r.to_json()["features"] == list(chosen)
+
+
+def test_a_feature_sweep_over_a_prompt_set_on_the_command_line(model_dir, capsys, tmp_path):  # noqa: F811
+    sae = "layers.0.attn.out.sae"
+    path = tmp_path / "set.txt"
+    path.write_text("\n".join(f"{c.prompt} | {c.target} | {c.contrast}" for c in SET), encoding="utf-8")
+    code, out, err = _run(capsys, "sweep", "--model", model_dir, "--over", "features", "--sae", sae, "--features",
+                          f"1,{DEAD}", "--prompt-set", str(path), "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["kind"] == "features" and payload["features"] == [1, DEAD]
+    assert [p["prompt"] for p in payload["prompts"]] == [c.prompt for c in SET]
+    assert payload["mean_effects"][0][1] == 0.0  # the dead feature changes nothing on any prompt
+    ref = [sweep_features(tiny_handle("llama"), c.prompt, c.target, sae, (1,), c.contrast).effects[0, 0] for c in SET]
+    assert payload["mean_effects"][0][0] == pytest.approx(float(sum(ref) / 3), abs=1e-5)
