@@ -6,7 +6,7 @@ import streamlit as st
 
 from synapse_core.arch.spec import FEATURE_OPS, OPS, TARGET_SITES
 from synapse_core.common.errors import SynapseError
-from synapse_core.experiments.records import ablation_config, feature_sweep_config, promptset_config, sweep_config
+from synapse_core.experiments import records as rec
 from synapse_core.interventions.metrics import METRIC_LABELS, METRICS, resolve_target
 from synapse_core.interventions.ops import parse_positions
 from synapse_core.interventions.sweep import LAYER_SITES
@@ -111,7 +111,8 @@ def show(state_key: str, prefix: str) -> None:
 
 
 if st.button("Run", key="ablate_run_button", type="primary"):
-    run(core.ABLATE_RUN, lambda: ablation_config(handle, prompt, target, chosen(), contrast or None, *masks_settings()))
+    run(core.ABLATE_RUN, lambda: rec.ablation_config(handle, prompt, target, chosen(), contrast or None,
+                                                     *masks_settings()))
 show(core.ABLATE_RUN, "ablate_result")
 
 st.subheader("Sweep")
@@ -122,24 +123,35 @@ over = kind_col.radio("Sweep over", ["heads", "layers", "features"], key="ablate
                       format_func={"heads": "every head", "layers": "every layer", "features": "SAE features"}.get)
 if over == "features":
     sae, feature_text, top = ui_features.sweep_widgets(handle, sites_col)
-    make_sweep = lambda: feature_sweep_config(handle, prompt, target, sae, ui_ablate.feature_list(feature_text), top,  # noqa: E731
-                                              contrast or None, parse_positions(positions), metric, masks_settings()[0])
+    make_sweep = lambda: rec.feature_sweep_config(  # noqa: E731
+        handle, prompt, target, sae, ui_ablate.feature_list(feature_text), top, contrast or None,
+        parse_positions(positions), metric, masks_settings()[0])
+    make_set_sweep = lambda: rec.feature_promptsweep_config(  # noqa: E731 - the prompt set below, these features
+        handle, ui_ablate.prompt_cases(lines, upload), sae, ui_ablate.feature_list(feature_text), top,
+        parse_positions(positions), metric, masks_settings()[0])
 else:
     sites = sites_col.multiselect("Layer sites", LAYER_SITES, default=list(LAYER_SITES), key="ablate_sweep_sites",
                                   format_func=ui_ablate.SITE_LABELS.get, disabled=over == "heads")
     sites = ("attn.head",) if over == "heads" else tuple(sites)
-    make_sweep = lambda: sweep_config(handle, prompt, target, contrast or None, sites, op,  # noqa: E731
-                                      parse_positions(positions), source or None, metric, *masks_settings())
+    make_sweep = lambda: rec.sweep_config(handle, prompt, target, contrast or None, sites, op,  # noqa: E731
+                                          parse_positions(positions), source or None, metric, *masks_settings())
+    make_set_sweep = lambda: rec.promptsweep_config(  # noqa: E731 - the prompt set below, this sweep
+        handle, ui_ablate.prompt_cases(lines, upload), sites, op, parse_positions(positions), source or None, metric,
+        *masks_settings())
 if st.button("Sweep", key="ablate_sweep_button"):
     run(core.ABLATE_SWEEP, make_sweep)
 show(core.ABLATE_SWEEP, "ablate_sweep")
 
 st.subheader("Prompt set")
-st.caption("The intervention above over many prompts: clean vs intervened for each, and the aggregate.")
+st.caption("The intervention above over many prompts: clean vs intervened for each, and the aggregate; or the "
+           "sweep above on each prompt, and its mean map. Both run on the configured job engine.")
 lines = st.text_area('One `prompt | target | contrast` per line (contrast optional; quote a field to keep its '
                      'spaces: " Mary")', key="ablate_promptset_text")
 upload = st.file_uploader("… or a CSV with columns prompt, target, contrast", type="csv", key="ablate_promptset_csv")
 if st.button("Run on the prompt set", key="ablate_promptset_button"):
-    run(core.ABLATE_PROMPTSET, lambda: promptset_config(handle, ui_ablate.prompt_cases(lines, upload), chosen(),
-                                                      *masks_settings(), metric=metric))
+    run(core.ABLATE_PROMPTSET, lambda: rec.promptset_config(handle, ui_ablate.prompt_cases(lines, upload), chosen(),
+                                                          *masks_settings(), metric=metric))
 show(core.ABLATE_PROMPTSET, "ablate_promptset")
+if st.button("Sweep the prompt set", key="ablate_promptsweep_button"):
+    run(core.ABLATE_PROMPTSWEEP, make_set_sweep)
+show(core.ABLATE_PROMPTSWEEP, "ablate_promptsweep")

@@ -21,6 +21,7 @@ from synapse_core.interventions.ablation import AblationResult
 from synapse_core.interventions.metrics import METRIC_LABELS, TopToken
 from synapse_core.interventions.ops import OpSettings, parse_positions
 from synapse_core.interventions.promptset import PromptSetResult, parse_prompt_csv, parse_prompt_lines
+from synapse_core.interventions.promptsweep import PromptSetSweep
 from synapse_core.interventions.reference import parse_reference_prompts
 from synapse_core.interventions.sweep import SweepResult
 from ui import core, jobs
@@ -110,6 +111,28 @@ def top_effects(r: SweepResult, n: int = 10) -> pd.DataFrame:
     return frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:n]].reset_index(drop=True)
 
 
+def mean_frame(r: PromptSetSweep) -> pd.DataFrame:
+    """sweep_frame's rows for a sweep over a prompt set: effect and kl are the means over the prompts,
+    value the mean intervened metric, top1_changed the share of prompts whose top-1 token changed."""
+    frame = sweep_frame(r.sweeps[0])
+    frame["effect"] = r.mean_effects.ravel().astype(float)  # effect_rows walks the cells in C order
+    frame["kl"] = r.mean_kl.ravel().astype(float)
+    frame["value"] = np.mean([s.values for s in r.sweeps], axis=0).ravel().astype(float)
+    frame["top1_changed"] = np.mean([s.top1_changed for s in r.sweeps], axis=0).ravel().astype(float)
+    return frame
+
+
+def promptsweep_prompts(r: PromptSetSweep) -> pd.DataFrame:
+    """One row per prompt: its clean metric and the component whose ablation moved it most there."""
+    rows = []
+    for case, s in zip(r.cases, r.sweeps):
+        i, j = np.unravel_index(int(np.abs(s.effects).argmax()), s.effects.shape)
+        rows.append({"prompt": case.prompt, "target": ui_trace.show_token(case.target),
+                     "contrast": ui_trace.show_token(case.contrast) if case.contrast else None, "clean": s.clean,
+                     "largest effect": short_name(s.name(int(i), int(j))), "its effect": float(s.effects[i, j])})
+    return pd.DataFrame(rows)
+
+
 def promptset_frame(r: PromptSetResult) -> pd.DataFrame:
     frame = pd.DataFrame(r.table())
     for col in ("target", "contrast", "clean_top", "intervened_top"):
@@ -119,10 +142,11 @@ def promptset_frame(r: PromptSetResult) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- charts
-def feature_bars(r: SweepResult) -> alt.Chart:
-    """The effect of zeroing each swept feature, largest |effect| first, diverging around 0."""
-    frame = sweep_frame(r)
-    limit = float(np.abs(r.effects).max()) or 1.0
+def feature_bars(r: SweepResult, frame: pd.DataFrame | None = None) -> alt.Chart:
+    """The effect of zeroing each swept feature, largest |effect| first, diverging around 0 (frame:
+    the rows to draw, sweep_frame(r) by default; mean_frame for a prompt set)."""
+    frame = sweep_frame(r) if frame is None else frame
+    limit = float(frame["effect"].abs().max()) or 1.0
     order = frame.loc[frame["effect"].abs().sort_values(ascending=False).index, "name"].tolist()
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("effect:Q", title=f"Δ {r.metric}"),
@@ -133,13 +157,14 @@ def feature_bars(r: SweepResult) -> alt.Chart:
     ).properties(height=18 * len(frame) + 40)
 
 
-def sweep_heatmap(r: SweepResult) -> alt.Chart:
+def sweep_heatmap(r: SweepResult, frame: pd.DataFrame | None = None) -> alt.Chart:
     """The causal map: effect of the operation on each head (layer x head) or each layer's sites
-    (layer x site), diverging around 0 so harm and help read apart."""
-    frame = sweep_frame(r)
+    (layer x site), diverging around 0 so harm and help read apart (frame: the rows to draw,
+    sweep_frame(r) by default; mean_frame for a prompt set)."""
+    frame = sweep_frame(r) if frame is None else frame
     n_layers = frame["layer"].nunique()
     rows, y_axis = ui_trace.heatmap_rows(n_layers)
-    limit = float(np.abs(r.effects).max()) or 1.0
+    limit = float(frame["effect"].abs().max()) or 1.0
     x = (alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0)) if r.kind == "heads"
          else alt.X("site:N", title="site", sort=list(r.sites), axis=alt.Axis(labelAngle=0)))
     return alt.Chart(frame).mark_rect().encode(
@@ -193,6 +218,8 @@ def show_experiment(exp: Experiment, prefix: str) -> None:
         show_sweep(r, prefix)
     elif isinstance(r, PromptSetResult):
         show_promptset(r, prefix)
+    elif isinstance(r, PromptSetSweep):
+        show_promptsweep(r, prefix)
     else:  # e.g. a discovery: the Discover page draws it; here its full record
         st.markdown(f"Drawn in full on its own page: [open it there]({share_url(exp.hash, exp.config.kind)})")
         st.json(r.to_json(), expanded=False)
@@ -291,6 +318,26 @@ def show_sweep(r: SweepResult, prefix: str) -> None:
         st.altair_chart(feature_bars(r) if r.kind == "features" else sweep_heatmap(r), key=f"{prefix}_heatmap")
     st.markdown("**Largest effects**")
     st.dataframe(top_effects(r), key=f"{prefix}_top_effects", hide_index=True)
+
+
+def show_promptsweep(r: PromptSetSweep, prefix: str) -> None:
+    _notes(r)
+    first = r.sweeps[0]
+    what = {"heads": "every head", "layers": "every layer: " + ", ".join(first.sites),
+            "features": f"{len(first.features)} features of {first.sites[0]} (error term kept)"}[r.kind]
+    st.caption(f"{first.op} over {what} on each of {len(r.cases)} prompts · metric {METRIC_LABELS[r.metric]} · "
+               "effect = mean over the prompts of intervened − clean · top1_changed = share of the prompts whose "
+               "most likely next token changed")
+    frame = mean_frame(r)
+    with st.container(key=f"{prefix}_heatmap_box"):
+        chart = feature_bars(first, frame) if r.kind == "features" else sweep_heatmap(first, frame)
+        st.altair_chart(chart, key=f"{prefix}_heatmap")
+    st.markdown("**Largest mean effects**")
+    top = frame.drop(columns=["full name"])
+    st.dataframe(top.loc[top["effect"].abs().sort_values(ascending=False).index[:10]].reset_index(drop=True),
+                 key=f"{prefix}_top_effects", hide_index=True)
+    st.markdown("**Each prompt**")
+    st.dataframe(promptsweep_prompts(r), key=f"{prefix}_prompts", hide_index=True)
 
 
 def show_promptset(r: PromptSetResult, prefix: str) -> None:

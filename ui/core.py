@@ -326,6 +326,7 @@ def experiment_url(key: str | None) -> str | None:
 ABLATE_RUN = "ablate_run"  # the single-prompt Experiment the Ablate page shows
 ABLATE_SWEEP = "ablate_sweep"  # the sweep Experiment the Ablate page shows
 ABLATE_PROMPTSET = "ablate_promptset"  # the prompt-set Experiment the Ablate page shows
+ABLATE_PROMPTSWEEP = "ablate_promptsweep"  # the prompt-set sweep Experiment the Ablate page shows
 HISTORY_CONFIRM = "history_confirm_delete"  # hash of the experiment the History page asks to confirm deleting
 HISTORY_REPORT = "history_report"  # message of the History page's last delete, shown once
 

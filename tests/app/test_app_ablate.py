@@ -1,6 +1,7 @@
 """The Ablate page on the real bundled model, driven by widget keys."""
 import json
 
+import pytest
 from app_helpers import app, chart_frames, metrics
 
 from ui import core
@@ -185,3 +186,44 @@ def test_feature_sweep_zeroes_the_most_active_features_one_at_a_time():
     top = table(at, "feature")
     assert top["effect"].abs().is_monotonic_decreasing
     assert any("6 features of layers.15.resid.post.sae (error term kept)" in c.value for c in at.caption)
+
+
+def test_a_sweep_over_the_prompt_set_draws_the_mean_map_and_each_prompt():
+    """The Sweep section's settings on every prompt of the set: each prompt's map is that prompt's own
+    sweep, the chart is their mean, and the table says, per prompt, the clean metric and what moved it most."""
+    from synapse_core import load_model
+    from synapse_core.interventions.sweep import sweep_features
+
+    at = fill(ablate_page(), prompt="The Eiffel Tower is in the city of", target=" Paris", contrast="")
+    at.text_area(key="ablate_promptset_text").input(
+        'The Eiffel Tower is in the city of | " Paris"\nThe capital of France is the city of | " Paris"')
+    at.radio(key="ablate_sweep_over").set_value("features").run()
+    at.selectbox(key="ablate_sweep_sae").set_value("layers.15.resid.post.sae")
+    at.number_input(key="ablate_sweep_top").set_value(5)
+    at.button(key="ablate_promptsweep_button").click().run()
+    assert not at.exception and not at.error
+    exp = at.session_state[core.ABLATE_PROMPTSWEEP]
+    r = exp.result
+    assert exp.config.kind == "promptsweep" and r.kind == "features" and len(r.sweeps[0].features) == 5
+    handle, sae = load_model("bundled"), "layers.15.resid.post.sae"
+    mean = {}
+    for case, s in zip(r.cases, r.sweeps):
+        alone = sweep_features(handle, case.prompt, case.target, sae, s.features, case.contrast)
+        assert alone.effects[0] == pytest.approx(s.effects[0], abs=1e-5)
+        for f, e in zip(alone.features, alone.effects[0]):
+            mean[f"{sae}.{f}"] = mean.get(f"{sae}.{f}", 0.0) + float(e) / len(r.cases)
+    (bars,) = chart_frames(at)
+    assert dict(zip(bars["name"], bars["effect"])) == pytest.approx(mean, abs=1e-5)
+    assert max(abs(v) for v in mean.values()) > 1e-3  # the features move log p on these prompts
+    prompts = table(at, "prompt")
+    assert list(prompts["prompt"]) == [c.prompt for c in r.cases] and list(prompts["target"]) == ["·Paris"] * 2
+    assert list(prompts["clean"]) == pytest.approx([s.clean for s in r.sweeps])
+    assert any("on each of 2 prompts" in c.value for c in at.caption)
+
+    at.radio(key="ablate_sweep_over").set_value("layers").run()
+    at.button(key="ablate_promptsweep_button").click().run()
+    assert not at.exception and not at.error
+    r = at.session_state[core.ABLATE_PROMPTSWEEP].result
+    assert r.kind == "layers" and r.mean_effects.shape == (3, 30)
+    (cells,) = chart_frames(at)
+    assert len(cells) == 90 and cells["effect"].abs().max() == pytest.approx(float(abs(r.mean_effects).max()))
