@@ -171,3 +171,16 @@ def queue_sidebar() -> None:
     st.markdown(f":small[Model queue: {status.length} call{'s' if status.length != 1 else ''} "
                 f"({status.running} running, {status.waiting} waiting; {queue.slots} at once, "
                 f"{queue.threads} torch threads each)]")
+    try:
+        st.markdown(f":small[Long jobs run {engine_text(core.job_engine())}]")
+    except SynapseError as exc:  # a bad SYNAPSE_ENGINE / [jobs] value: said here, and by every job it would run
+        st.markdown(f":small[Long jobs: {exc}]")
+
+
+def engine_text(engine) -> str:
+    """Where the configured engine runs long jobs, in words for the sidebar."""
+    if engine.engine == "local":
+        return "here (engine local)"
+    actors = engine.ray_actors or "one per GPU (else 2)"
+    where = engine.ray_address or "a local cluster"
+    return f"on Ray at {where}: {actors} model actors, {engine.cpus_per_actor:g} CPU each"

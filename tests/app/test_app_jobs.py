@@ -94,5 +94,21 @@ def test_the_sidebar_shows_the_model_queue(monkeypatch):
         line = next(m.value for m in at.sidebar.markdown if "Model queue" in m.value)
         assert line.startswith(":small[Model queue: 0 calls (0 running, 0 waiting; 3 at once,")
         assert model_queue.model_queue().slots == 3  # the app bounded the process-wide queue
+        assert ":small[Long jobs run here (engine local)]" in [m.value for m in at.sidebar.markdown]
+    finally:
+        model_queue.reset()
+
+
+def test_the_sidebar_says_where_long_jobs_run(monkeypatch):
+    monkeypatch.setenv("SYNAPSE_ENGINE", "ray")
+    monkeypatch.setenv("SYNAPSE_RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setenv("SYNAPSE_RAY_ACTORS", "4")
+    try:
+        at = app()
+        lines = [m.value for m in at.sidebar.markdown]
+        assert ":small[Long jobs run on Ray at ray://head:10001: 4 model actors, 1 CPU each]" in lines
+        monkeypatch.setenv("SYNAPSE_ENGINE", "spark")
+        at = app()
+        assert any("engine 'spark' is not one of local, ray" in m.value for m in at.sidebar.markdown)
     finally:
         model_queue.reset()
