@@ -226,3 +226,30 @@ def test_a_cancelled_job_stops_its_actors_and_stores_nothing(bundled, cluster, t
     assert pool not in raypool._pools.values()  # the next job starts a new pool
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(pool.actors[0].ready.remote(), timeout=60)
+
+
+def test_workers_that_lack_the_model_s_files_are_a_clear_error(cluster, tmp_path):
+    """A model this process loaded from a folder the workers cannot read (here: gone since) is refused
+    with the spec named, before any shard runs, not left to hang or to fail shard by shard."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from synapse_core import load_model
+    from synapse_core.interventions.promptset import PromptCase
+    from synapse_core.jobs.config import JobError
+    from synapse_core.jobs.tasks import run_prompt_set
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from ablation_models import PROMPT, tiny_handle
+
+    folder = tmp_path / "tiny-llama"
+    tiny = tiny_handle("llama")
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    handle = load_model(str(folder))
+    shutil.rmtree(folder)
+    engine = EngineConfig("ray", ray_actors=1, max_restarts=0, max_task_retries=0)
+    with pytest.raises(JobError, match=f"the Ray workers could not load model '{folder}'"):
+        run_prompt_set(handle, [PromptCase(PROMPT, "Paris", "London")], [Intervention(0, "attn.head", "zero", 1)],
+                       engine=engine)
