@@ -88,7 +88,7 @@ def expected_ids(handle: ModelHandle, caps) -> list[int]:
 
 def logit_batches(handle: ModelHandle, prompts) -> tuple[list[list[int]], list[list[int]]]:
     """(token ids of each prompt, the prompts' indices grouped into forward passes): prompts of similar
-    length share a pass, as many as LOGIT_BUDGET allows. A group run again alone stays one group."""
+    length share a pass, as many as LOGIT_BUDGET allows."""
     encoded = [handle.tokenizer(p).input_ids for p in prompts]
     for p, ids in zip(prompts, encoded):
         if not ids:
@@ -107,56 +107,48 @@ def logit_batches(handle: ModelHandle, prompts) -> tuple[list[list[int]], list[l
     return encoded, batches
 
 
-def next_token_logits(handle: ModelHandle, prompts, masks=(),
-                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Last-position logits (n_prompts, d_vocab), float32 on the CPU, of every prompt with `masks` in
-    force; prompts of similar length share a forward pass (logit_batches)."""
-    encoded, batches = logit_batches(handle, prompts)
-    vocab = handle.model.get_output_embeddings().weight.shape[0]
-    out = torch.empty(len(encoded), vocab)
-    with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(tuple(masks))):
-        for done, batch in enumerate(batches):
-            width = max(len(encoded[k]) for k in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            for r, k in enumerate(batch):
-                ids[r, :len(encoded[k])] = torch.tensor(encoded[k])
-            last = sorted({len(encoded[k]) - 1 for k in batch})
-            # spread over devices (a device map) an index tensor would land on another device than the
-            # hidden states: keep every position there (0) and pick the columns after
-            every = spread(handle.model)
-            keep = 0 if every else torch.tensor(last, device=handle.device)
-            logits = handle.model(input_ids=ids.to(handle.device), use_cache=False, logits_to_keep=keep).logits
-            column = {pos: pos if every else c for c, pos in enumerate(last)}
-            rows = torch.tensor([column[len(encoded[k]) - 1] for k in batch], device=logits.device)
-            out[batch] = logits[torch.arange(len(batch), device=logits.device), rows].float().cpu()
-            if progress:
-                progress(done + 1, len(batches))
-    return out
+def _pass_logits(handle: ModelHandle, rows) -> torch.Tensor:
+    """One forward pass over `rows` (token-id sequences, right-padded together): each row's
+    last-position logits (row, d_vocab), float32 on the CPU. The caller holds the masks' hooks."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+    last = sorted({len(r) - 1 for r in rows})
+    # spread over devices (a device map) an index tensor would land on another device than the
+    # hidden states: keep every position there (0) and pick the columns after
+    every = spread(handle.model)
+    keep = 0 if every else torch.tensor(last, device=handle.device)
+    logits = handle.model(input_ids=ids.to(handle.device), use_cache=False, logits_to_keep=keep).logits
+    column = {pos: pos if every else c for c, pos in enumerate(last)}
+    cols = torch.tensor([column[len(r) - 1] for r in rows], device=logits.device)
+    return logits[torch.arange(len(rows), device=logits.device), cols].float().cpu()
 
 
 def logits_shard(handle: ModelHandle, cases, progress: Progress | None = None, *, masks) -> list:
-    """A shard function (model.mapper) over forward passes: each case is one pass's prompts (a group of
-    logit_batches); its result is their next-token logits (prompt, d_vocab), float32 on the CPU."""
+    """A shard function (model.mapper) over forward passes: each case is one pass's prompts as token
+    ids (a group of logit_batches); its result is their next-token logits (prompt, d_vocab), float32
+    on the CPU, `masks` in force."""
     out = []
-    for done, prompts in enumerate(cases):
-        out.append(next_token_logits(handle, list(prompts), masks))
-        if progress:
-            progress(done + 1, len(cases), f"forward pass {done + 1}/{len(cases)}")
+    with torch.inference_mode(), hooks(handle.model, handle.arch, mask_fns(tuple(masks))):
+        for done, rows in enumerate(cases):
+            out.append(_pass_logits(handle, rows))
+            if progress:
+                progress(done + 1, len(cases), f"forward pass {done + 1}/{len(cases)}")
     return out
 
 
-def mapped_logits(handle: ModelHandle, prompts, masks=(), mapper: Mapper | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """next_token_logits through a Mapper (here by default, else its passes on the job engine's actors):
-    (prompt, d_vocab) float32 in prompt order. Each pass holds the same prompts wherever it runs, so
-    the logits are the same. progress(done, total) in passes, as the mapper reports them."""
-    prompts = list(prompts)
-    _, batches = logit_batches(handle, prompts)
+def next_token_logits(handle: ModelHandle, prompts, masks=(), progress: Callable[[int, int], None] | None = None,
+                      mapper: Mapper | None = None) -> torch.Tensor:
+    """Last-position logits (n_prompts, d_vocab), float32 on the CPU, of every prompt with `masks` in
+    force; prompts of similar length share a forward pass (logit_batches). mapper: where the passes
+    run (model.mapper: here, or on the job engine's actors; a pass holds the same prompts wherever it
+    runs, so the logits are the same). progress(done, total) in passes, as the mapper reports them."""
+    encoded, batches = logit_batches(handle, prompts)
+    cases = tuple(tuple(tuple(encoded[k]) for k in batch) for batch in batches)
     step = (lambda done, total, message="": progress(done, total)) if progress else None
-    rows = (mapper or local_mapper(handle))(logits_shard, tuple(tuple(prompts[k] for k in b) for b in batches),
-                                            {"masks": tuple(masks)}, step)
-    vocab = handle.model.get_output_embeddings().weight.shape[0]
-    out = torch.empty(len(prompts), vocab)
+    rows = (mapper or local_mapper(handle))(logits_shard, cases, {"masks": tuple(masks)}, step)
+    out = torch.empty(len(encoded), handle.model.get_output_embeddings().weight.shape[0])
     for batch, logits in zip(batches, rows):
         out[batch] = logits
     return out

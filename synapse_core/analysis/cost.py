@@ -28,7 +28,7 @@ from ..interventions.promptset import PromptCase
 from ..model.loading import ModelHandle
 from ..model.mapper import Mapper
 from ..model.tokens import token_strings
-from .capabilities import Capability, expected_ids, mapped_logits
+from .capabilities import Capability, expected_ids, next_token_logits
 from .perplexity import RESAMPLES, TextDocs, TextScore, bootstrap, check_window, score_text
 
 VERSION = 1  # bump when results of the same config would change
@@ -308,12 +308,12 @@ def cost_report(handle: ModelHandle, config: CostConfig, text: TextDocs | None =
 
     caps = config.capabilities
     prompts = prompts_of(config)
-    before = logits_before if logits_before is not None else mapped_logits(handle, prompts, config.masks, mapper,
-                                                                              step("capabilities before"))
+    before = logits_before if logits_before is not None else next_token_logits(handle, prompts, config.masks,
+                                                                                  step("capabilities before"), mapper)
     if before.shape[0] != len(prompts):
         raise BadInput(f"{before.shape[0]} rows of logits given for {len(prompts)} prompts")
     same = set(config.added) == set(config.masks)  # nothing new: after is before, exactly
-    after = before if same else mapped_logits(handle, prompts, config.added, mapper, step("capabilities after"))
+    after = before if same else next_token_logits(handle, prompts, config.added, step("capabilities after"), mapper)
     groups = capability_cost(handle, caps, before[:len(caps)], after[:len(caps)])
     targets = target_cost(handle, config.targets, before[len(caps):], after[len(caps):])
     tcost = None

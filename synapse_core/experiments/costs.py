@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..analysis.capabilities import mapped_logits
+from ..analysis.capabilities import next_token_logits
 from ..analysis.cheapest import CheapestSet, TradeoffPoint, pareto_front
 from ..analysis.cost import CostConfig, CostProgress, CostReport, cost_config, cost_report, prompts_of
 from ..analysis.perplexity import TextDocs, TextScore, score_text
@@ -43,7 +43,7 @@ def _logits_before(handle: ModelHandle, config: CostConfig, store: ResultStore,
            "masks": [asdict(m) for m in config.masks]}
     step = (lambda done, total: progress("capabilities before", done, total)) if progress else None
     entry, _, _ = store.get_or_compute("promptlogits", key,
-                                       lambda: mapped_logits(handle, prompts, config.masks, each, step))
+                                       lambda: next_token_logits(handle, prompts, config.masks, step, each))
     if not isinstance(entry.result, torch.Tensor):
         raise StoreError(f"result {entry.key} is a {entry.kind} entry, not prompt logits")
     return entry.result

@@ -181,8 +181,8 @@ def test_a_report_is_a_stored_experiment_and_the_text_before_is_scored_once(stor
     real = costs.score_text
     monkeypatch.setattr(costs, "score_text", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     prompt_calls = []
-    real_logits = costs.mapped_logits  # the prompts' logits, through the local engine's mapper
-    monkeypatch.setattr(costs, "mapped_logits",
+    real_logits = costs.next_token_logits  # the prompts' logits, through the local engine's mapper
+    monkeypatch.setattr(costs, "next_token_logits",
                         lambda *a, **k: prompt_calls.append(a[2]) or real_logits(*a, **k))
     first = costs.run_cost(handle, cost_config(handle, ["0.1"], (), docs, WINDOW, CAPS), docs, store)
     again = costs.run_cost(handle, cost_config(handle, ["0.1"], (), docs, WINDOW, CAPS), docs, store)
