@@ -22,7 +22,7 @@ def cli(*args, check=True):
 
 
 def test_info_json():
-    out = json.loads(cli("info", "--json").stdout)
+    out = json.loads(run_cli("info", "--json").stdout)
     assert out["model"] == "SmolLM2-135M-Instruct"
     assert (out["family"], out["n_layers"], out["n_heads"], out["n_kv_heads"], out["d_head"]) == ("llama", 30, 9, 3, 64)
     assert out["device"] == "cpu" and out["dtype"] == "float32"

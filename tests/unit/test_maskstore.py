@@ -262,6 +262,7 @@ def test_outbox_lets_non_governance_errors_propagate(store):
     assert issubclass(OMUnavailable, OMError)
 
 
+@pytest.mark.slow  # writer processes killed at random moments, repeatedly: the slow tier (CI runs it)
 def test_writers_killed_at_random_never_leave_a_quarantine_unqueued_or_unaudited(store, tmp_path):
     """The probe of the issue: writers killed at random moments left heads saved but never queued
     (and one without an audit record). Whatever the moment, after the next call every quarantined
