@@ -39,7 +39,7 @@ run: model corpus
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT)
 
 # The suite but its slow tier (tests marked `slow`: the served app in a browser, integrated gradients
-# through the CLI, training a transcoder; the Ray cluster's tests stay here, so every run has them); the
+# through the CLI, training a transcoder, killed writers; the Ray cluster's tests stay here); the
 # 15 slowest tests are printed so that the suite's cost stays visible.
 test: model corpus
 	$(PY) -m pytest -q --durations=15 -m "not slow" tests

@@ -10,7 +10,8 @@ of one it left running; the page says once that it was cancelled (`notice`). The
 calls into Streamlit: it writes its progress and result to its Job, which the script run reads.
 
 `queue_sidebar` configures the process-wide model-call queue once (synapse_core/model/queue.py) and
-shows its length: the forward passes running and waiting across every session of this server.
+shows its length (the forward passes running and waiting across every session of this server) and
+where long jobs run (the configured engine).
 """
 from __future__ import annotations
 
