@@ -2,6 +2,7 @@
 token, whose cells are the engine's logit lens and whose top row is the model's own next-token
 distribution at every position."""
 import numpy as np
+import pytest
 import torch
 from app_helpers import PROMPT, chart_frames, run_trace, trace_page
 
@@ -45,6 +46,7 @@ def test_lens_of_the_first_generated_token_is_the_engines_and_its_top_row_the_mo
     assert grid(frame, "rank")[-1, -1] == 0 and grid(frame, "rank")[0, -1] > 0
 
 
+@pytest.mark.slow  # three more traces and lenses on the bundled model: the slow tier (CI runs it)
 def test_choosing_another_generated_token_or_typing_one_follows_it():
     at = run_trace(trace_page())
     result = at.session_state[core.TRACE_RUN].result

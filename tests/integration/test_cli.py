@@ -56,6 +56,7 @@ def test_bad_input_exits_2_with_one_line(args, message):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow  # a child Python process importing torch: the slow tier (CI runs it)
 def test_a_child_process_exits_2_with_one_line_on_bad_input():
     proc = cli("trace", "--prompt", "hi", "--mask", "3.9", "--json", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
