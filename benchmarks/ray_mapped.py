@@ -98,7 +98,8 @@ def main() -> None:
     d_h = float(np.abs(ha.acts("layers.5.resid.post").astype(np.float32)
                        - hb.acts("layers.5.resid.post").astype(np.float32)).max())
     ca, cb = results["local"]["cost"][0], results["ray"]["cost"][0]
-    d_c = max(abs(ca.text.ce_after - cb.text.ce_after), *(abs(x.mean_kl - y.mean_kl) for x, y in zip(ca.groups, cb.groups)))
+    d_c = max(abs(ca.text.ce_after - cb.text.ce_after),
+              *(abs(x.mean_kl - y.mean_kl) for x, y in zip(ca.groups, cb.groups)))
     print(f"largest difference local vs ray: discovery verified effects {d_disc:.2e} (same circuit: "
           f"{a.circuit.heads == b.circuit.heads}); harvest (float16 as stored) {d_h:.2e}; cost (CE, KL) {d_c:.2e}")
 

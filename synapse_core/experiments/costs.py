@@ -64,7 +64,6 @@ def run_cost(handle: ModelHandle, config: CostConfig, text: TextDocs | None = No
         raise BadInput(f"cost report {config.hash} was made with {config.model} (weights {config.fingerprint}, "
                        f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
     store = store or ResultStore()
-
     each = mapper(handle, engine, cancel)
 
     def compute():

@@ -26,8 +26,9 @@ def run_discovery(handle: ModelHandle, config: DiscoveryConfig, store: ResultSto
         raise BadInput(f"discovery {config.hash} was made with {config.model} (weights {config.fingerprint}, "
                        f"{config.dtype}); the loaded model is {handle.name} ({handle.fingerprint}, {handle.dtype})")
     store = store or ResultStore()
+    each = mapper(handle, engine, cancel)
     entry, from_cache, notes = store.get_or_compute(
-        config.kind, config, lambda: StoredExperiment(config, discover(handle, config, progress, mapper(handle, engine, cancel))),
+        config.kind, config, lambda: StoredExperiment(config, discover(handle, config, progress, each)),
         summary={"kind": config.kind, "model": config.model, "title": config.title})
     if not isinstance(entry.result, StoredExperiment) or not isinstance(entry.result.result, DiscoveryResult):
         raise StoreError(f"result {entry.key} is a {entry.kind} entry, not a discovery")

@@ -179,8 +179,6 @@ def feature_sweep_config(handle: ModelHandle, prompt: str, target: str, sae: str
     features = active_features(handle, prompt, sae, top, masks) if features is None else tuple(features)
     if not features:
         raise BadInput(f"no feature of {sae} is active on the prompt {prompt!r} (position 0 left out)")
-    if len(set(features)) != len(features):
-        raise BadInput(f"feature list {list(features)} names a feature twice")
     return ExperimentConfig(kind="sweep", prompts=(prompt,), targets=(target,), contrasts=(contrast or None,),
                             metric=metric or ("logit_diff" if contrast else "log_prob"), sweep_sites=(sae,),
                             sweep_op="zero", sweep_positions=positions, sweep_features=tuple(int(f) for f in features),
