@@ -170,11 +170,20 @@ def test_bad_input_is_an_error_and_leaves_no_result():
         assert core.ABLATE_RUN not in at.session_state
 
 
-def test_feature_sweep_zeroes_the_most_active_features_one_at_a_time():
+def eiffel_features(top: int, lines: str = ""):
+    """The Ablate page on the Eiffel prompt (and the prompt-set `lines`), sweeping the `top` most active
+    features of the layer-15 SAE."""
     at = fill(ablate_page(), prompt="The Eiffel Tower is in the city of", target=" Paris", contrast="")
+    if lines:
+        at.text_area(key="ablate_promptset_text").input(lines)
     at.radio(key="ablate_sweep_over").set_value("features").run()
     at.selectbox(key="ablate_sweep_sae").set_value("layers.15.resid.post.sae")
-    at.number_input(key="ablate_sweep_top").set_value(6)
+    at.number_input(key="ablate_sweep_top").set_value(top)
+    return at
+
+
+def test_feature_sweep_zeroes_the_most_active_features_one_at_a_time():
+    at = eiffel_features(6)
     at.button(key="ablate_sweep_button").click().run()
     assert not at.exception and not at.error
     exp = at.session_state[core.ABLATE_SWEEP]
@@ -194,12 +203,8 @@ def test_a_sweep_over_the_prompt_set_draws_the_mean_map_and_each_prompt():
     from synapse_core import load_model
     from synapse_core.interventions.sweep import sweep_features
 
-    at = fill(ablate_page(), prompt="The Eiffel Tower is in the city of", target=" Paris", contrast="")
-    at.text_area(key="ablate_promptset_text").input(
-        'The Eiffel Tower is in the city of | " Paris"\nThe capital of France is the city of | " Paris"')
-    at.radio(key="ablate_sweep_over").set_value("features").run()
-    at.selectbox(key="ablate_sweep_sae").set_value("layers.15.resid.post.sae")
-    at.number_input(key="ablate_sweep_top").set_value(5)
+    at = eiffel_features(5, 'The Eiffel Tower is in the city of | " Paris"\n'
+                            'The capital of France is the city of | " Paris"')
     at.button(key="ablate_promptsweep_button").click().run()
     assert not at.exception and not at.error
     exp = at.session_state[core.ABLATE_PROMPTSWEEP]
