@@ -174,6 +174,16 @@ def _drop(pool: WorkerPool) -> None:
     pool.kill()
 
 
+def _guarded(pool: WorkerPool, callback, *args):
+    """callback(*args), the caller's cancel or progress; when it raises (a caller that stops the job its
+    own way), the pool's actors are dropped first, so its queued shards do not run on for nobody."""
+    try:
+        return callback(*args)
+    except BaseException:
+        _drop(pool)
+        raise
+
+
 def run_on_ray(handle: ModelHandle, fn, cases: tuple, params: dict, engine: EngineConfig,
                progress: Progress | None = None, cancel=None) -> list:
     """The job's results in case order, computed shard by shard on the pool (see the module docstring)."""
@@ -188,12 +198,7 @@ def run_on_ray(handle: ModelHandle, fn, cases: tuple, params: dict, engine: Engi
     parts: list = [None] * len(shards)
     done = 0
     while feeder.has_next():
-        try:
-            stop = cancel is not None and cancel()
-        except BaseException:  # as above: the page stopped while polling
-            _drop(pool)
-            raise
-        if stop:
+        if cancel is not None and _guarded(pool, cancel):
             _drop(pool)
             raise JobCancelled(f"cancelled after {done} of {len(cases)} prompts")
         try:
@@ -206,9 +211,5 @@ def run_on_ray(handle: ModelHandle, fn, cases: tuple, params: dict, engine: Engi
         parts[index] = out
         done += len(out)
         if progress:
-            try:
-                progress(done, len(cases), f"shard {index + 1} of {len(shards)} done")
-            except BaseException:  # the page stopped (a Cancel pressed): the actors' queued shards go too
-                _drop(pool)
-                raise
+            _guarded(pool, progress, done, len(cases), f"shard {index + 1} of {len(shards)} done")
     return [result for part in parts for result in part]
